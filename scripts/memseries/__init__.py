@@ -1,0 +1,1 @@
+"""Tooling for the Airflow memory patch series."""

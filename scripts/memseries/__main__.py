@@ -1,0 +1,5 @@
+import sys
+
+from memseries.cli import main
+
+sys.exit(main())
