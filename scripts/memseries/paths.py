@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+# MEMSERIES_REPO points the tool at another tree of the same shape (the tooling tests use throw-away trees).
+REPO = Path(os.environ.get("MEMSERIES_REPO") or Path(__file__).resolve().parents[2]).resolve()
 PATCHES = REPO / "airflow-core" / "patches"
 CORE_TESTS = REPO / "airflow-core" / "tests"
 NEWSFRAGMENTS = REPO / "newsfragments"

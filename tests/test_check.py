@@ -1,0 +1,94 @@
+"""`memseries check`: exact application, the metadata rules, and one clear line for each kind of bad input."""
+
+from __future__ import annotations
+
+import re
+
+from fakerepo import replace_line
+
+DOCSTRING = "    :param parallelism: how many parallel processes are run in the executor, must be > 0\n"
+
+
+def test_good_series_passes(fake_repo):
+    fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 0, proc.stderr
+    assert "3.1.3: 1 patches apply exactly, 1 files changed" in proc.stdout
+
+
+def test_unknown_base_is_one_clear_line(fake_repo):
+    proc = fake_repo.memseries("check", "--base", "9.9.9")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "memseries check: error: unknown base '9.9.9': supported bases are 3.1.3 "
+        f"(directories under {fake_repo.root / 'airflow-core' / 'patches'})"
+    )
+
+
+def test_conflicting_patch_names_patch_file_and_hunk(fake_repo):
+    patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    # the context the patch expects is no longer what the base has at that line
+    patch.write_text(patch.read_text().replace(" It uses the multiprocessing", " It uses the threading"))
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    line = proc.stderr.strip()
+    assert "\n" not in line
+    assert re.search(
+        r"0001-doc\.patch: airflow-core/src/airflow/executors/local_executor\.py: hunk #1 \(@@ -\d+,\d+ \+\d+,\d+ @@.*\) "
+        r"does not apply: line \d+ is '    It uses the multiprocessing .*', the patch expects '    It uses the threading .*'",
+        line,
+    ), line
+
+
+def test_shifted_hunk_is_refused_not_searched_for(fake_repo):
+    """`patch` and `git apply` would find the context two lines further down; the series must not rely on that."""
+    patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    text = patch.read_text()
+    m = re.search(r"^@@ -(\d+),(\d+) \+(\d+),(\d+) @@", text, re.M)
+    a, b, c, d = map(int, m.groups())
+    patch.write_text(text.replace(m.group(0), f"@@ -{a - 2},{b} +{c - 2},{d} @@", 1))
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    assert "0001-doc.patch: airflow-core/src/airflow/executors/local_executor.py: hunk #1" in proc.stderr
+
+
+def test_second_patch_applies_on_top_of_the_first(fake_repo):
+    fake_repo.make_patch("0001-a.patch", replace_line(DOCSTRING, DOCSTRING + "    (first)\n"))
+    fake_repo.make_patch("0002-b.patch", replace_line("    (first)\n", "    (first)\n    (second)\n"))
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 patches apply exactly" in proc.stdout
+
+
+def test_missing_trailer_is_named(fake_repo):
+    patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    patch.write_text(patch.read_text().replace("Forwarded: no\n", ""))
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    assert "FAIL 3.1.3: 0001-doc.patch: missing trailer Forwarded:" in proc.stderr
+
+
+def test_missing_newsfragment_is_named(fake_repo):
+    fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    (fake_repo.root / "newsfragments" / "1.misc.rst").unlink()
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    assert "0001-doc.patch: newsfragment newsfragments/1.misc.rst does not exist" in proc.stderr
+
+
+def test_missing_test_module_is_named(fake_repo):
+    fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    (fake_repo.root / "airflow-core" / "tests" / "unit" / "test_dummy.py").unlink()
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    assert "test module airflow-core/tests/unit/test_dummy.py does not exist" in proc.stderr
+
+
+def test_series_and_patch_files_must_agree(fake_repo):
+    fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    (fake_repo.base_dir / "series").write_text("0001-doc.patch\n0002-gone.patch\n")
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1 and "patch 0002-gone.patch does not exist" in proc.stderr
+    (fake_repo.base_dir / "series").write_text("")
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1 and "not listed in the series: 0001-doc.patch" in proc.stderr
