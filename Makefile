@@ -36,7 +36,7 @@ build: tools
 export: tools
 	$(MEMSERIES) export --base $(BASE)
 
-test-tools: tools
+test-tools: venvs
 	$(TOOLS)/bin/python -m pytest tests --ignore=tests/e2e -q
 
 test-unit-sqlite: venvs

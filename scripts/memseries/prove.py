@@ -23,6 +23,7 @@ HELP = "run each patch's test modules on the unpatched base venv; succeed only i
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default="3.1.3", help="Airflow release (default 3.1.3)")
     parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgres"))
+    parser.add_argument("--python", type=Path, help="the unpatched interpreter to use (default: the base's unpatched venv)")
 
 
 def outcomes(python: Path, module: str, backend: str) -> dict[str, int]:
@@ -52,7 +53,7 @@ def outcomes(python: Path, module: str, backend: str) -> dict[str, int]:
 
 def run(args) -> int:
     base = get_base(args.base)
-    python = ensure_venv(base.version, patched=False) / "bin" / "python"
+    python = args.python or ensure_venv(base.version, patched=False) / "bin" / "python"
     unproven = 0
     print(f"{'patch':48} {'test module':64} {'fail':>4} {'err':>4} {'pass':>4}  verdict")
     for patch in series.load(base):
