@@ -1,0 +1,253 @@
+"""A Job neither takes, loads nor caches executors; SchedulerJobRunner is handed them (patch 0003, #60766).
+
+- The dag-processor and the triggerer run their real JobRunner in a FRESH interpreter (this venv's python,
+  this session's database, the environment passed through) and report which `airflow.executors.*` modules
+  that process ends up with. Allowed: the `airflow.executors` package, plus, for the triggerer only,
+  `airflow.executors.workloads` -- the pydantic schema of the RunTrigger messages the triggerer exchanges with
+  its async runner, which its own message models reference at class-definition time. No loader, no executor
+  class, no executor instance.
+- SchedulerJobRunner with explicit executors uses exactly those (a real one-loop scheduler run starts them
+  and stamps them with the job id); without, it loads the configured ones itself, first = default.
+- The deprecated `Job.executor(s)` aliases delegate (with a FutureWarning) only to the SchedulerJobRunner
+  running that job and raise AttributeError everywhere else; `Job(executor=...)` raises TypeError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+
+from airflow.executors.executor_loader import ExecutorLoader
+from airflow.executors.executor_utils import ExecutorName
+from airflow.executors.local_executor import LocalExecutor
+from airflow.jobs.job import Job, run_job
+from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+from airflow.jobs.triggerer_job_runner import TriggererJobRunner
+
+LOCAL = "airflow.executors.local_executor.LocalExecutor"
+
+DAG_FILE = """
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow.providers.standard.operators.empty import EmptyOperator
+
+with DAG("job_without_executors", start_date=datetime(2025, 1, 1), schedule=None):
+    EmptyOperator(task_id="t")
+"""
+
+DAG_PROCESSOR_SCRIPT = """
+import json, sys
+from airflow.dag_processing.manager import DagFileProcessorManager
+from airflow.jobs.dag_processor_job_runner import DagProcessorJobRunner
+from airflow.jobs.job import Job, run_job
+
+job = Job()
+runner = DagProcessorJobRunner(job=job, processor=DagFileProcessorManager(max_runs=1))
+run_job(job=job, execute_callable=runner._execute)
+
+from sqlalchemy import select
+from airflow.models.serialized_dag import SerializedDagModel
+from airflow.utils.session import create_session
+with create_session() as session:
+    parsed = session.scalar(
+        select(SerializedDagModel.dag_id).where(SerializedDagModel.dag_id == "job_without_executors")
+    ) is not None
+print(json.dumps({
+    "executor_modules": sorted(m for m in sys.modules if m.startswith("airflow.executors")),
+    "job_state": str(job.state), "job_type": job.job_type, "parsed": parsed,
+}))
+"""
+
+TRIGGERER_SCRIPT = """
+import json, sys, threading, time
+from airflow.jobs.job import Job, run_job
+from airflow.jobs.triggerer_job_runner import TriggererJobRunner
+
+job = Job(heartrate=1)
+runner = TriggererJobRunner(job=job, capacity=10)
+loops = []
+
+def stop_when_steady():
+    # Let the supervisor start its async runner subprocess and go round its DB loop a few times.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        tr = getattr(runner, "trigger_runner", None)
+        if tr is not None and job.latest_heartbeat is not None and job.id is not None:
+            loops.append(1)
+            if len(loops) >= 30:
+                break
+        time.sleep(0.1)
+    runner.trigger_runner.stop = True
+
+threading.Thread(target=stop_when_steady, daemon=True).start()
+run_job(job=job, execute_callable=runner._execute)
+print(json.dumps({
+    "executor_modules": sorted(m for m in sys.modules if m.startswith("airflow.executors")),
+    "job_state": str(job.state), "job_type": job.job_type,
+}))
+"""
+
+
+def run_fresh(script: str, env_extra: dict | None = None, timeout: float = 240) -> dict:
+    """Run `script` in a fresh interpreter of this venv against this session's DB; return its JSON line."""
+    env = {**os.environ, **(env_extra or {})}
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and lines, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return json.loads(lines[-1])
+
+
+class TestComponentsLoadNoExecutor:
+    def test_dag_processor_job_loads_no_executor_module(self, clear_db, tmp_path):
+        dags = tmp_path / "dags"
+        dags.mkdir()
+        (dags / "job_without_executors_dag.py").write_text(DAG_FILE)
+        out = run_fresh(DAG_PROCESSOR_SCRIPT, {"AIRFLOW__CORE__DAGS_FOLDER": str(dags)})
+        assert out["job_type"] == "DagProcessorJob"
+        assert out["job_state"] == "success"
+        assert out["parsed"], "the dag-processor really ran: it parsed and serialized the DAG"
+        assert set(out["executor_modules"]) <= {"airflow.executors"}, out["executor_modules"]
+
+    def test_triggerer_job_loads_no_executor_module(self, clear_db):
+        out = run_fresh(TRIGGERER_SCRIPT)
+        assert out["job_type"] == "TriggererJob"
+        assert out["job_state"] == "success"
+        assert set(out["executor_modules"]) <= {"airflow.executors", "airflow.executors.workloads"}, out[
+            "executor_modules"
+        ]
+
+
+def named_local_executor(alias: str) -> LocalExecutor:
+    executor = LocalExecutor(parallelism=1)
+    executor.name = ExecutorName(module_path=LOCAL, alias=alias)
+    return executor
+
+
+@pytest.fixture
+def no_configured_executors(monkeypatch):
+    """Fault injection: loading the configured executors is an error in tests that hand executors over."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("executors were loaded from the configuration although they were handed over")
+
+    monkeypatch.setattr(ExecutorLoader, "init_executors", forbidden)
+
+
+class TestSchedulerJobRunnerExecutors:
+    def test_explicit_executors_are_used_exactly(self, clear_db, no_configured_executors):
+        first, second = named_local_executor("first"), named_local_executor("second")
+        runner = SchedulerJobRunner(job=Job(), num_runs=1, executors=[first, second])
+        assert runner.executors == [first, second]
+        assert runner.executor is first
+        assert runner._try_to_load_executor(None) is first
+        assert runner._try_to_load_executor("second") is second
+        assert runner._try_to_load_executor(LOCAL) is first
+
+    def test_explicit_executors_run_in_a_real_scheduler_loop(self, clear_db, no_configured_executors):
+        first, second = named_local_executor("first"), named_local_executor("second")
+        job = Job()
+        runner = SchedulerJobRunner(job=job, num_runs=1, executors=[first, second])
+        run_job(job=job, execute_callable=runner._execute)
+        assert job.state == "success"
+        # _execute started (and ended) exactly the executors it was handed, for this job.
+        assert first.job_id == job.id
+        assert second.job_id == job.id
+        assert first.callback_sink is not None and second.callback_sink is not None
+
+    def test_without_executors_the_configured_ones_are_loaded(self):
+        runner = SchedulerJobRunner(job=Job(), num_runs=1)
+        assert [type(e) for e in runner.executors] == [LocalExecutor]
+        assert runner.executor is runner.executors[0]
+        assert runner.executor.name.alias == "LocalExecutor"
+
+    def test_multiple_configured_executors_first_is_default(self, clear_db, tmp_path):
+        # A second executor class of our own: the same executor class cannot be configured twice.
+        (tmp_path / "jobexec_other_executor.py").write_text(
+            "from airflow.executors.local_executor import LocalExecutor\n\n"
+            "class OtherExecutor(LocalExecutor):\n    pass\n"
+        )
+        script = """
+        import json
+        from airflow.jobs.job import Job
+        from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+        runner = SchedulerJobRunner(job=Job(), num_runs=1)
+        print(json.dumps({
+            "aliases": [e.name.alias for e in runner.executors],
+            "classes": [type(e).__name__ for e in runner.executors],
+            "default": runner.executor.name.alias,
+            "routed": runner._try_to_load_executor("other").name.alias,
+        }))
+        """
+        pythonpath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+        out = run_fresh(
+            script,
+            {
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor,other:jobexec_other_executor.OtherExecutor",
+                "PYTHONPATH": pythonpath,
+            },
+        )
+        assert out == {
+            "aliases": ["LocalExecutor", "other"],
+            "classes": ["LocalExecutor", "OtherExecutor"],
+            "default": "LocalExecutor",
+            "routed": "other",
+        }
+
+    def test_empty_executor_list_is_refused(self):
+        with pytest.raises(ValueError, match="at least one executor"):
+            SchedulerJobRunner(job=Job(), num_runs=1, executors=[])
+
+
+class TestDeprecatedJobExecutorAttributes:
+    def test_job_takes_no_executor(self):
+        with pytest.raises(TypeError, match="SchedulerJobRunner"):
+            Job(executor=named_local_executor("x"))
+        with pytest.raises(TypeError, match="SchedulerJobRunner"):
+            Job(executors=[named_local_executor("x")])
+
+    def test_job_without_runner_fails_loudly(self, no_configured_executors):
+        job = Job()
+        for name in ("executor", "executors"):
+            with pytest.raises(AttributeError, match=rf"SchedulerJobRunner\.{name}"):
+                getattr(job, name)
+        assert "executors" not in job.__dict__
+
+    def test_triggerer_job_fails_loudly(self, no_configured_executors):
+        job = Job()
+        TriggererJobRunner(job=job, capacity=1)
+        with pytest.raises(AttributeError, match=r"SchedulerJobRunner\.executors"):
+            job.executors
+        with pytest.raises(AttributeError, match=r"SchedulerJobRunner\.executor\b"):
+            job.executor
+
+    def test_scheduler_job_delegates_with_a_warning(self, no_configured_executors):
+        first, second = named_local_executor("first"), named_local_executor("second")
+        job = Job()
+        runner = SchedulerJobRunner(job=job, num_runs=1, executors=[first, second])
+        with pytest.warns(FutureWarning, match=r"SchedulerJobRunner\.executors"):
+            assert job.executors is runner.executors
+        with pytest.warns(FutureWarning, match=r"SchedulerJobRunner\.executor\b"):
+            assert job.executor is first
+
+    def test_job_does_not_keep_the_runner_alive(self, no_configured_executors):
+        import gc
+
+        job = Job()
+        SchedulerJobRunner(job=job, num_runs=1, executors=[named_local_executor("first")])
+        gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(AttributeError, match="SchedulerJobRunner"):
+                job.executor
