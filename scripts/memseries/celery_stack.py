@@ -1,0 +1,289 @@
+"""A CeleryExecutor stack on top of :mod:`memseries.stack`: broker, result backend and N ``airflow celery worker``.
+
+``memseries.stack.Stack`` starts api-server, dag-processor and scheduler (each in its own session, temp
+AIRFLOW_HOME, throw-away PostgreSQL database, aging sitecustomize) and guarantees that nothing survives it. This
+module only adds what CeleryExecutor needs, by composition/subclassing (it does not change ``stack.py``):
+
+- ``[core] executor = CeleryExecutor``, ``[celery] broker_url`` (Redis DB 5 by default, or RabbitMQ),
+  ``[celery] result_backend = db+<the stack's PostgreSQL database>``;
+- ``workers`` x ``airflow celery worker --celery-hostname NAME --concurrency N --skip-serve-logs`` as extra
+  components (own session each, so a whole worker -- main process, prefork pool, task processes -- can be
+  SIGKILLed like a lost machine with :meth:`CeleryStack.kill_worker`);
+- every worker records its own name as ``task_instance.hostname`` (``[core] hostname_callable`` points at a
+  tiny module the harness drops next to its sitecustomize) -- all workers run on one machine here, and the
+  default callable (FQDN) would make them indistinguishable;
+- the Redis DB is flushed before start and after stop (use a DB number nobody else uses: ``redis_db``);
+- process roles for sampling: ``pool`` (a worker's prefork ``ForkPoolWorker`` children, long-lived),
+  ``task`` (the task processes they fork per task), ``celery-worker-child`` (anything else a worker starts).
+
+Control switch (benchmarks only): ``unfreeze_pool=True`` undoes, in each pool process right after the fork,
+the ``gc.freeze()`` the celery provider does before its prefork pool forks -- i.e. shows what a pool process
+would cost without that freeze.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterable
+
+import psutil
+
+from memseries.stack import Component, Stack, StackConfig, StackError, default_classify, tail
+
+#: a Redis DB number of its own (flushed before start and after stop); each stack also uses its own queue name, so
+#: two stacks sharing a broker never take each other's tasks
+DEFAULT_REDIS_DB = int(os.environ.get("MEMSERIES_CELERY_REDIS_DB", "13"))
+DEFAULT_BROKER = os.environ.get("MEMSERIES_CELERY_BROKER", f"redis://127.0.0.1:6379/{DEFAULT_REDIS_DB}")
+WORKER_PREFIX = "celery-worker-"
+HOSTNAME_ENV = "MEMSERIES_CELERY_HOSTNAME"
+UNFREEZE_ENV = "MEMSERIES_CELERY_UNFREEZE_POOL"
+
+#: dropped into the stack's memseries-site/ (on every component's PYTHONPATH); harness only, never a patch
+CELERY_SITE_MODULE = '''\
+"""memseries harness only: per-worker TI hostname, and the no-freeze control for benchmarks."""
+import os
+import socket
+
+
+def hostname():
+    """[core] hostname_callable: the name the harness gave this celery worker (all run on one machine)."""
+    return os.environ.get("MEMSERIES_CELERY_HOSTNAME") or socket.getfqdn()
+
+
+if os.environ.get("MEMSERIES_CELERY_UNFREEZE_POOL") == "1":
+    # control: undo the provider's pre-fork gc.freeze() in every prefork pool process right after the fork
+    import gc
+
+    from celery.signals import worker_process_init
+
+    @worker_process_init.connect(weak=False)
+    def _memseries_unfreeze(**kwargs):
+        gc.unfreeze()
+
+    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG as CELERY_CONFIG  # noqa
+'''
+
+
+@dataclasses.dataclass
+class CeleryOptions:
+    workers: int = 2
+    concurrency: int = 2
+    broker_url: str = DEFAULT_BROKER
+    #: extra ``airflow celery worker`` arguments
+    worker_args: list[str] = dataclasses.field(default_factory=list)
+    #: benchmark control: undo the provider's pre-fork gc.freeze() inside each pool process
+    unfreeze_pool: bool = False
+    #: seconds to wait for every worker to log "ready"
+    ready_timeout: float = 180.0
+
+
+def celery_classify(component: str, proc: psutil.Process, title: str, parent_role: str) -> str:
+    if not component.startswith(WORKER_PREFIX):
+        return default_classify(component, proc, title, parent_role)
+    if parent_role in ("pool", "task"):
+        return "task"  # forked by a pool process's task supervisor (or below it)
+    if "ForkPoolWorker" in title:
+        return "pool"
+    return "celery-worker-child"
+
+
+def redis_command(url: str, *commands: list[str], timeout: float = 10.0) -> list[bytes]:
+    """Send RESP commands to the Redis of ``url`` (after SELECT of its DB); returns the raw reply lines."""
+    u = urllib.parse.urlparse(url)
+    db = (u.path or "/0").strip("/") or "0"
+    cmds = [["SELECT", db], *commands]
+    if u.password:
+        cmds.insert(0, ["AUTH", *( [u.username] if u.username else []), u.password])
+    payload = b"".join(
+        f"*{len(c)}\r\n".encode() + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in c) for c in cmds
+    )
+    with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=timeout) as s:
+        s.sendall(payload)
+        buf = b""
+        while buf.count(b"\r\n") < len(cmds):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    lines = buf.split(b"\r\n")[: len(cmds)]
+    bad = [line for line in lines if line.startswith(b"-")]
+    if bad:
+        raise StackError(f"redis {url}: {bad[0].decode(errors='replace')}")
+    return lines
+
+
+class CeleryStack(Stack):
+    """``Stack`` + CeleryExecutor + ``options.workers`` celery workers (PostgreSQL only: result backend)."""
+
+    def __init__(self, config: StackConfig, celery: CeleryOptions | None = None, log=None):
+        config.executor = "CeleryExecutor"
+        if config.backend != "postgres":
+            raise StackError("the CeleryExecutor stack needs backend='postgres' (metadata DB + result backend)")
+        # PyJWT 2.10+ (the constraints pin 2.15) refuses `iss: None`, which 3.1.3's GET /auth/token (simple auth
+        # manager, all admins) produces when no issuer is configured -> HTTP 500. An issuer fixes it.
+        config.config.setdefault(("api_auth", "jwt_issuer"), "memseries-stack")
+        super().__init__(config, classify=celery_classify, log=log)
+        self.celery = celery or CeleryOptions()
+        self.run_id = uuid.uuid4().hex[:8]
+        self.queue = f"memseries-{self.run_id}"
+        #: component name -> the hostname its tasks record on their TaskInstance
+        self.worker_hostnames: dict[str, str] = {}
+        self.killed: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.celery.broker_url.startswith(("redis://", "rediss://"))
+
+    def flush_broker(self) -> None:
+        if self.uses_redis:
+            redis_command(self.celery.broker_url, ["FLUSHDB"])
+
+    def _prepare_home(self) -> None:
+        super()._prepare_home()
+        assert self.home
+        (self.home / "memseries-site" / "memseries_celery.py").write_text(CELERY_SITE_MODULE)
+
+    def _build_env(self) -> dict[str, str]:
+        env = super()._build_env()
+        env["AIRFLOW__CELERY__BROKER_URL"] = self.celery.broker_url
+        env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + self.db_uri
+        env.setdefault("AIRFLOW__CELERY__WORKER_CONCURRENCY", str(self.celery.concurrency))
+        env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] = self.queue
+        return env
+
+    def worker_components(self) -> list[Component]:
+        comps = []
+        for i in range(1, self.celery.workers + 1):
+            name = f"{WORKER_PREFIX}{i}"
+            host = f"memseries-w{i}-{self.run_id}"
+            self.worker_hostnames[name] = host
+            env = {HOSTNAME_ENV: host, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "memseries_celery.hostname"}
+            if self.celery.unfreeze_pool:
+                env[UNFREEZE_ENV] = "1"
+                env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] = "memseries_celery.CELERY_CONFIG"
+            argv = [
+                str(self.airflow), "celery", "worker",
+                "--celery-hostname", host,
+                "--concurrency", str(self.celery.concurrency),
+                "--skip-serve-logs",
+                "--queues", self.queue,
+                "--pid", f"airflow-{name}.pid",  # relative to the cwd = AIRFLOW_HOME; one per worker
+                *self.celery.worker_args,
+            ]
+            comps.append(Component(name, argv, env))
+        return comps
+
+    def start(self) -> CeleryStack:
+        if self.uses_redis:
+            try:
+                self.flush_broker()
+            except OSError as e:
+                raise StackError(f"Redis broker {self.celery.broker_url} not reachable: {e}") from e
+        self.cfg.extra_components = [
+            c for c in self.cfg.extra_components if not c.name.startswith(WORKER_PREFIX)
+        ] + self.worker_components()
+        super().start()
+        self.wait_workers_ready()
+        return self
+
+    def wait_workers_ready(self, names: Iterable[str] | None = None, timeout: float | None = None) -> None:
+        names = list(names or self.worker_hostnames)
+
+        def ready() -> bool:
+            return all(" ready." in self.logfiles[n].read_text(errors="replace") for n in names)
+
+        self.wait_for(ready, timeout or self.celery.ready_timeout, f"celery workers {names} ready", poll=1.0)
+
+    def stop(self, grace: float = 20.0) -> None:
+        try:
+            super().stop(grace=grace)
+        finally:
+            with contextlib.suppress(Exception):
+                self.flush_broker()
+
+    def check_alive(self, names: Iterable[str] | None = None) -> None:
+        names = [n for n in (names or list(self.procs)) if n not in self.killed]
+        super().check_alive(names)
+
+    # -- workers -----------------------------------------------------------------------------------------------
+
+    def worker_tree(self, name: str) -> list[psutil.Process]:
+        """The worker's main process and all its descendants."""
+        try:
+            root = psutil.Process(self.procs[name].pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def kill_worker(self, name: str) -> list[int]:
+        """SIGKILL a whole celery worker (main process, pool, task processes) at once, like a lost machine."""
+        procs = self.worker_tree(name)
+        self.killed.add(name)
+        pgid = self.procs[name].pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        for p in procs:  # anything that left the process group
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=10)
+        with contextlib.suppress(Exception):
+            self.procs[name].wait(timeout=10)
+        return [p.pid for p in procs]
+
+    def pools(self) -> dict[str, list[int]]:
+        """worker component -> pids of its prefork pool processes."""
+        out: dict[str, list[int]] = {n: [] for n in self.worker_hostnames}
+        for p in self.processes():
+            if p.role == "pool":
+                out.setdefault(p.component, []).append(p.pid)
+        return out
+
+    def worker_log(self, name: str, n: int = 40) -> str:
+        return tail(self.logfiles.get(name), n)
+
+    # -- REST API (cheaper than an `airflow dags trigger` process per run on a 2-core box) -----------------------
+
+    def api(self, method: str, path: str, body: dict | None = None, timeout: float = 60) -> dict:
+        """Call the stack's REST API (simple auth manager, all admins: token from GET /auth/token)."""
+        base = f"http://127.0.0.1:{self.port}"
+        if not getattr(self, "_token", None):
+            with urllib.request.urlopen(f"{base}/auth/token", timeout=timeout) as r:
+                self._token = json.load(r)["access_token"]
+        req = urllib.request.Request(
+            f"{base}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            data = r.read()
+        return json.loads(data) if data else {}
+
+    def trigger(self, dag_id: str, run_id: str | None = None) -> str:
+        """Create a manual DAG run through the API; returns its run_id."""
+        body: dict = {"logical_date": None}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+
+    def wait_dags_parsed(self, dag_ids: Iterable[str], timeout: float = 120) -> None:
+        dag_ids = list(dag_ids)
+
+        def parsed() -> bool:
+            rows = self.query("SELECT dag_id FROM serialized_dag WHERE dag_id = ANY(%s)", (dag_ids,))
+            return {r[0] for r in rows} >= set(dag_ids)
+
+        self.wait_for(parsed, timeout, f"DAGs {dag_ids} parsed", poll=1.0)
+
+
+__all__ = ["CeleryOptions", "CeleryStack", "celery_classify", "redis_command"]
