@@ -89,7 +89,9 @@ def _summary(res: dict) -> dict:
         "uss_growth": statistics.mean(growth),
         "uss_growth_max": max(growth),
         "total_pss_end": sum(m["pss"] for m in last["workers"].values()),
+        "total_uss_end": sum(m["uss"] for m in last["workers"].values()),
         "parent_pss_end": last["parent"]["pss"] if last["parent"] else 0,
+        "parent_rss_end": last["parent"]["rss"] if last["parent"] else 0,
         "batches": len(batches),
         "batch_us_median": statistics.median(batches) if batches else None,
         "batch_us_max": max(batches) if batches else None,
@@ -143,7 +145,8 @@ def run(args) -> int:
     base = summaries.get("3.1.3")
     upstream = summaries.get("3.3.2")
     headers = ["build", "workers (at start)", "tasks ok", "USS start -> end MB", "USS growth MB",
-               "vs 3.1.3", "vs 3.3.2", "total worker PSS MB", "vs 3.3.2", "parent PSS MB"]
+               "vs 3.1.3", "vs 3.3.2", "total worker USS MB", "total worker PSS MB", "vs 3.3.2",
+               "parent PSS MB", "parent RSS MB"]
     rows = []
     for label in labels:
         s = summaries[label]
@@ -152,9 +155,9 @@ def run(args) -> int:
             f"{common.mb(s['uss_start'])} -> {common.mb(s['uss_end'])}", common.mb(s["uss_growth"]),
             common.ratio(s["uss_growth"], base["uss_growth"]) if base else "-",
             common.ratio(s["uss_growth"], upstream["uss_growth"]) if upstream else "-",
-            common.mb(s["total_pss_end"]),
+            common.mb(s["total_uss_end"]), common.mb(s["total_pss_end"]),
             common.ratio(s["total_pss_end"], upstream["total_pss_end"]) if upstream else "-",
-            common.mb(s["parent_pss_end"]),
+            common.mb(s["parent_pss_end"]), common.mb(s["parent_rss_end"]),
         ])
     title = "local-executor: per-build summary (USS: mean per worker; PSS: all workers at the end)"
     common.print_table(title, headers, rows)
@@ -193,8 +196,17 @@ def run(args) -> int:
                        bool(patched["batches"]) and patched["batch_us_max"] <= 50,
                        f"max {patched['batch_us_max']:.1f} us over {patched['batches']} batch(es)"
                        if patched["batches"] else "no batch"))
+        if upstream:
+            # Informational: PSS also holds each worker's share of the pages it still shares with the
+            # executor's process, so it follows the size of that process (imports, heap), which differs
+            # between Airflow versions and which this patch does not change; USS is what the workers add.
+            checks.append(("(info) total worker USS <= 3.3.2's",
+                           patched["total_uss_end"] <= upstream["total_uss_end"],
+                           f"{common.mb(patched['total_uss_end'])} vs {common.mb(upstream['total_uss_end'])} MB;"
+                           f" parent RSS {common.mb(patched['parent_rss_end'])} vs "
+                           f"{common.mb(upstream['parent_rss_end'])} MB"))
         rows = [[name, "met" if good else "MISSED", detail] for name, good, detail in checks]
-        ok = all(good for _, good, _ in checks)
+        ok = all(good for name, good, _ in checks if not name.startswith("(info)"))
         common.print_table("targets (issue 3), patched build", ["target", "result", "measured"], rows)
         common.write_markdown_table(md, "targets (issue 3), patched build", ["target", "result", "measured"], rows)
 
