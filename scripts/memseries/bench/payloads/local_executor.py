@@ -118,7 +118,7 @@ def mem(proc) -> dict | None:
 
 def main() -> int:
     args = parse_args()
-    setup_env()
+    home = setup_env()
     t_import = time.perf_counter()
     import psutil
 
@@ -266,8 +266,12 @@ def main() -> int:
             with open(path) as f:
                 collects[str(pid)] = [json.loads(line)["collect_ms"] for line in f if line.strip()]
 
+    import shutil
+
     import airflow
 
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.rmtree(home, ignore_errors=True)
     print(
         json.dumps(
             {
