@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import urllib.parse
 import urllib.request
 import uuid
@@ -51,6 +52,7 @@ CELERY_SITE_MODULE = '''\
 """memseries harness only: per-worker TI hostname, and the no-freeze control for benchmarks."""
 import os
 import socket
+import subprocess
 
 
 def hostname():
@@ -83,6 +85,10 @@ class CeleryOptions:
     unfreeze_pool: bool = False
     #: seconds to wait for every worker to log "ready"
     ready_timeout: float = 180.0
+    #: start the stack's psutil sampler as soon as the components are started (before the workers are ready),
+    #: so a pool process's first samples predate its first forced collection; None: the caller starts it
+    sample_interval: float | None = None
+    sample_roles: list[str] | None = None
 
 
 def celery_classify(component: str, proc: psutil.Process, title: str, parent_role: str) -> str:
@@ -145,8 +151,17 @@ class CeleryStack(Stack):
         return self.celery.broker_url.startswith(("redis://", "rediss://"))
 
     def flush_broker(self) -> None:
+        """Redis: FLUSHDB of the stack's own DB. AMQP (RabbitMQ): delete the stack's queue (after a run)."""
         if self.uses_redis:
             redis_command(self.celery.broker_url, ["FLUSHDB"])
+        elif self.celery.broker_url.startswith(("amqp://", "pyamqp://")) and self.procs:
+            code = (
+                "import sys, kombu\n"
+                "with kombu.Connection(sys.argv[1]) as c:\n"
+                "    c.default_channel.queue_delete(sys.argv[2])\n"
+            )
+            subprocess.run([str(self.python), "-c", code, self.celery.broker_url, self.queue],
+                           capture_output=True, timeout=60, start_new_session=True)
 
     def _prepare_home(self) -> None:
         super()._prepare_home()
@@ -193,6 +208,8 @@ class CeleryStack(Stack):
             c for c in self.cfg.extra_components if not c.name.startswith(WORKER_PREFIX)
         ] + self.worker_components()
         super().start()
+        if self.celery.sample_interval:
+            self.start_sampler(interval=self.celery.sample_interval, roles=self.celery.sample_roles)
         self.wait_workers_ready()
         return self
 
