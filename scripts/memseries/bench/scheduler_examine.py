@@ -1,14 +1,14 @@
 """scheduler-examine: memory and time of the scheduler's examine query + verify-integrity, per DAG size.
 
-For each backend (SQLite, PostgreSQL) and each build (unpatched 3.1.3, patched 3.1.3, upstream 3.3.2) the payload
-(payloads/scheduler_examine.py, run by that build's Python, one fresh migrated metadata DB per invocation)
-creates R running DAG runs x N tasks of a real serialized DAG, for each N in --sizes, and measures
-``DagRun.get_running_dag_runs_to_examine`` followed by ``SchedulerJobRunner._verify_integrity_if_dag_changed``
-for every examined run, with the DAG unchanged and after a new DAG version (one added task) was written:
-tracemalloc current (still allocated at the end, examined runs still referenced) and peak, TaskInstances
-materialised from the DB, and wall time (median of --repeat untraced runs). The TIs of each run are in a
-realistic mix of states (40 % success, 10 % each running/queued/scheduled, 30 % no state yet).
-Patch 0002 (#60956) is what the patched build should change here.
+For each backend (SQLite, PostgreSQL) and each build (unpatched 3.1.3, patched 3.1.3, upstream 3.3.2) the
+payload (payloads/scheduler_examine.py, run by that build's Python, one fresh migrated metadata DB per
+invocation) creates R running DAG runs x N tasks of a real serialized DAG, for each N in --sizes, and
+measures ``DagRun.get_running_dag_runs_to_examine`` followed by
+``SchedulerJobRunner._verify_integrity_if_dag_changed`` for every examined run, with the DAG unchanged and
+after a new DAG version (one added task) was written: tracemalloc current (still allocated at the end,
+examined runs still referenced) and peak, TaskInstances materialised from the DB, and wall time (median of
+--repeat untraced runs). The TIs of each run are in a realistic mix of states (40 % success, 10 % each
+running/queued/scheduled, 30 % no state yet). Patch 0002 (#60956) is what the patched build should change.
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ CURRENT_TARGETS = {2_000: 0.30, 10_000: 0.35}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_build_arguments(parser)
-    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres (both)")
     parser.add_argument(
-        "--sizes", default="50,100,500", help="comma-separated tasks per DAG (default 50,100,500; add 2000 if time)"
+        "--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres (both)"
+    )
+    parser.add_argument(
+        "--sizes",
+        default="50,100,500",
+        help="comma-separated tasks per DAG (default 50,100,500; add 2000 if time)",
     )
     parser.add_argument("--runs", type=int, default=20, help="running DAG runs (default 20)")
     parser.add_argument("--repeat", type=int, default=3, help="untraced timing repetitions, median kept (3)")
@@ -85,7 +89,8 @@ def _rows(results: dict, builds: list[common.Build], backend: str, scenario: str
         for b in builds:
             r = cells[b.label]
             row.append(
-                f"{_fmt(r['current_mb'])} / {_fmt(r['peak_mb'])} MB, {r['ti_loads']:,} TIs, {_fmt(r['wall_s'], 3)} s"
+                f"{_fmt(r['current_mb'])} / {_fmt(r['peak_mb'])} MB, "
+                f"{r['ti_loads']:,} TIs, {_fmt(r['wall_s'], 3)} s"
             )
         if base and patched:
             row.append(common.ratio(cells[patched]["current_mb"], cells[base]["current_mb"]))
@@ -96,7 +101,7 @@ def _rows(results: dict, builds: list[common.Build], backend: str, scenario: str
 
 
 def _targets(results: dict, builds: list[common.Build], backends: list[str]) -> list[str]:
-    """Issue 5's targets, checked against this run (informational: printed and written, exit code unaffected)."""
+    """Issue 5's targets checked against this run (informational: printed and written, exit code stays 0)."""
     patched = next((b.label for b in builds if b.patched), None)
     upstream = next((b.label for b in builds if b.label.startswith("3.3")), None)
     lines = []
@@ -126,15 +131,15 @@ def _targets(results: dict, builds: list[common.Build], backends: list[str]) -> 
     return lines
 
 
-def _plot(results: dict, builds: list[common.Build], backends: list[str], sizes: list[int], out_dir: Path) -> Path:
+def _plot(
+    results: dict, builds: list[common.Build], backends: list[str], sizes: list[int], out_dir: Path
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(
-        2, 2 * len(backends), figsize=(6 * len(backends) * 2 / 1.5, 8), squeeze=False
-    )
+    fig, axes = plt.subplots(2, 2 * len(backends), figsize=(6 * len(backends) * 2 / 1.5, 8), squeeze=False)
     for bi, backend in enumerate(backends):
         for si, scenario in enumerate(SCENARIOS):
             col = bi * 2 + si
@@ -147,9 +152,15 @@ def _plot(results: dict, builds: list[common.Build], backends: list[str], sizes:
                 if not res:
                     continue
                 x = [r["tis"] for r in res]
-                (line,) = ax_mem.plot(x, [r["current_mb"] for r in res], marker="o", label=f"{b.label} current")
+                (line,) = ax_mem.plot(
+                    x, [r["current_mb"] for r in res], marker="o", label=f"{b.label} current"
+                )
                 ax_mem.plot(
-                    x, [r["peak_mb"] for r in res], marker="x", linestyle="--", color=line.get_color(),
+                    x,
+                    [r["peak_mb"] for r in res],
+                    marker="x",
+                    linestyle="--",
+                    color=line.get_color(),
                     label=f"{b.label} peak",
                 )
                 ax_time.plot(x, [r["wall_s"] for r in res], marker="o", label=b.label, color=line.get_color())
@@ -189,11 +200,16 @@ def run(args) -> int:
                 results[(backend, build.label)] = common.run_payload(
                     build,
                     PAYLOAD,
-                    "--backend", backend,
-                    "--pg-url", args.pg_url,
-                    "--sizes", ",".join(map(str, sizes)),
-                    "--runs", str(args.runs),
-                    "--repeat", str(args.repeat),
+                    "--backend",
+                    backend,
+                    "--pg-url",
+                    args.pg_url,
+                    "--sizes",
+                    ",".join(map(str, sizes)),
+                    "--runs",
+                    str(args.runs),
+                    "--repeat",
+                    str(args.repeat),
                     timeout=900 + 0.1 * total_tis * (args.repeat + 2),
                 )
                 prog.advance(task)

@@ -16,8 +16,6 @@ import datetime
 
 import pytest
 import time_machine
-from sqlalchemy import delete, event, inspect, select, update
-
 from airflow.models.dag import DagModel
 from airflow.models.dag_version import DagVersion
 from airflow.models.dagbundle import DagBundleModel
@@ -27,6 +25,7 @@ from airflow.models.serialized_dag import SerializedDagModel
 from airflow.models.taskinstance import TaskInstance as TI
 from airflow.utils.state import DagRunState, State, TaskInstanceState
 from airflow.utils.types import DagRunTriggeredByType, DagRunType
+from sqlalchemy import delete, event, inspect, select, update
 
 pytestmark = pytest.mark.usefixtures("clear_db")
 
@@ -305,7 +304,7 @@ def test_task_instances_read_after_show_new_version(session, clock, runner):
 
 
 def test_task_instances_already_in_session_are_not_stale(session, clock, runner):
-    """If the run's TIs were loaded before (any earlier code path), the session must not serve old versions."""
+    """If the run's TIs were loaded before (by any earlier code path), the session serves no old version."""
     v1, v2, (run_id,) = _changed_dag(session, clock, target_state=TaskInstanceState.SUCCESS)
     (dr,) = _examine(session)
     before = {ti.task_id: ti.dag_version_id for ti in dr.task_instances}
@@ -339,7 +338,9 @@ def test_update_statement_matches_null_on_every_dialect(session, clock, runner):
 
     assert len(captured) == 1
     for dialect in (sqlite.dialect(), postgresql.dialect(), mysql.dialect()):
-        where = sql = str(captured[0].whereclause.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        where = sql = str(
+            captured[0].whereclause.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        )
         assert "state IS NULL" in where, sql
         in_list = where.split(" IN ", 1)[1].split(")", 1)[0]
         assert "NULL" not in in_list, sql

@@ -13,14 +13,13 @@ import datetime
 
 import pytest
 import time_machine
-from sqlalchemy import event, inspect, select, update
-
 from airflow.models.dag import DagModel
 from airflow.models.dagbundle import DagBundleModel
 from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance
 from airflow.utils.state import DagRunState
 from airflow.utils.types import DagRunTriggeredByType, DagRunType
+from sqlalchemy import event, inspect, select, update
 
 pytestmark = pytest.mark.usefixtures("clear_db")
 
@@ -225,4 +224,3 @@ def test_examine_statements_do_not_grow_with_task_instances(session, frozen):
         session.expunge_all()
 
     assert counts[2] == counts[40] == (1, 3, 0)
-

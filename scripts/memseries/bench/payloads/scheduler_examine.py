@@ -50,7 +50,9 @@ MB = 1024 * 1024
 def _parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
-    p.add_argument("--pg-url", default=os.environ.get("MEMSERIES_PG_URL", "postgresql://postgres@127.0.0.1:5432"))
+    p.add_argument(
+        "--pg-url", default=os.environ.get("MEMSERIES_PG_URL", "postgresql://postgres@127.0.0.1:5432")
+    )
     p.add_argument("--sizes", default="50,100,500", help="comma-separated tasks per DAG (default 50,100,500)")
     p.add_argument("--runs", type=int, default=20, help="running DAG runs (default 20)")
     p.add_argument("--repeat", type=int, default=3, help="untraced timing repetitions (median; default 3)")
@@ -121,14 +123,13 @@ def _metadata_db(backend: str, pg_url: str):
 
 def _write_dag(session, dag_id: str, task_ids: list[str]) -> None:
     """Serialize a real DAG into the metadata DB the way the dag-processor does (both 3.1.3 and 3.3.2)."""
-    from sqlalchemy import update
-
     from airflow.dag_processing.collection import update_dag_parsing_results_in_db
     from airflow.models.dag import DagModel
     from airflow.models.dagbundle import DagBundleModel
     from airflow.providers.standard.operators.empty import EmptyOperator
     from airflow.sdk import DAG
     from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from sqlalchemy import update
 
     if session.get(DagBundleModel, BUNDLE) is None:
         session.add(DagBundleModel(name=BUNDLE))
@@ -147,14 +148,22 @@ def _write_dag(session, dag_id: str, task_ids: list[str]) -> None:
     session.commit()
 
 
-# A running run's TIs in a realistic mix, by task index modulo 10: 40 % done, 30 % in flight, 30 % no state yet
-STATE_MIX = {0: "success", 1: "success", 2: "success", 3: "success", 4: "running", 5: "queued", 6: "scheduled"}
+# A running run's TIs in a realistic mix, by task index modulo 10:
+# 40 % done, 30 % in flight, 30 % no state yet
+STATE_MIX = {
+    0: "success",
+    1: "success",
+    2: "success",
+    3: "success",
+    4: "running",
+    5: "queued",
+    6: "scheduled",
+}
 
 
 def _mix_states(session, dag_id: str, n_tasks: int) -> None:
-    from sqlalchemy import update
-
     from airflow.models.taskinstance import TaskInstance
+    from sqlalchemy import update
 
     by_state: dict[str, list[str]] = {}
     for i in range(n_tasks):
@@ -196,9 +205,8 @@ class _Counters:
     """TaskInstances materialised from rows, and statements the DB executes (executemany of k rows = k)."""
 
     def __init__(self, engine):
-        from sqlalchemy import event
-
         from airflow.models.taskinstance import TaskInstance
+        from sqlalchemy import event
 
         self.engine = engine
         self.ti_loads = 0
@@ -289,12 +297,11 @@ def main(argv=None) -> int:
     results = []
     with _metadata_db(args.backend, args.pg_url):
         import airflow
-        from sqlalchemy import update
-
         from airflow import settings
         from airflow.jobs.job import Job
         from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
         from airflow.models.dag import DagModel
+        from sqlalchemy import update
 
         # executors are only instantiated (3.3.2 / patched builds do it in the constructor), never started
         runner = SchedulerJobRunner(job=Job())
@@ -311,8 +318,10 @@ def main(argv=None) -> int:
                 # only this size's DAG is examined
                 session.execute(update(DagModel).where(DagModel.dag_id != dag_id).values(is_paused=True))
                 session.commit()
-                _log(f"{version} {args.backend}: {args.runs} runs x {n_tasks} tasks set up in "
-                     f"{time.perf_counter() - t0:.1f}s")
+                _log(
+                    f"{version} {args.backend}: {args.runs} runs x {n_tasks} tasks set up in "
+                    f"{time.perf_counter() - t0:.1f}s"
+                )
                 for scenario in ("unchanged", "changed"):
                     if scenario == "changed":
                         _write_dag(session, dag_id, task_ids + ["task_added"])
