@@ -33,8 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=75.0, help="seconds of workload per build (75)")
     parser.add_argument("--parallelism", type=int, default=4, help="LocalExecutor parallelism (4)")
     parser.add_argument("--rate", type=float, default=8.0, help="tasks queued per second (8)")
-    parser.add_argument("--task-seconds", type=float, default=0.3, help="duration of each synthetic task (0.3)")
-    parser.add_argument("--age-after", type=float, default=8.0, help="first forced full collection, s after fork (8)")
+    parser.add_argument(
+        "--task-seconds", type=float, default=0.3, help="duration of each synthetic task (0.3)"
+    )
+    parser.add_argument(
+        "--age-after", type=float, default=8.0, help="first forced full collection, s after fork (8)"
+    )
     parser.add_argument("--age-every", type=float, default=20.0, help="then a full collection every N s (20)")
     parser.add_argument("--interval", type=float, default=1.0, help="memory sampling interval in s (1)")
     parser.add_argument("--dags", type=int, default=200, help="DAGs in the scheduler-like heap (200)")
@@ -98,7 +102,8 @@ def _summary(res: dict) -> dict:
         "collect_ms_first": statistics.median(first_collects) if first_collects else None,
         "collect_ms_median": statistics.median(collects) if collects else None,
         "collections": len(collects),
-        "tasks": f"{res['succeeded']}/{res['queued']}" + (f" ({res['failed']} failed)" if res["failed"] else ""),
+        "tasks": f"{res['succeeded']}/{res['queued']}"
+        + (f" ({res['failed']} failed)" if res["failed"] else ""),
         "tracked_objects": res["tracked_objects"],
     }
 
@@ -108,9 +113,24 @@ def run(args) -> int:
     out_dir = common.results_dir("local-executor")
     raw: dict[str, dict] = {}
     payload_args = [
-        "--duration", args.duration, "--parallelism", args.parallelism, "--rate", args.rate,
-        "--task-seconds", args.task_seconds, "--age-after", args.age_after, "--age-every", args.age_every,
-        "--interval", args.interval, "--dags", args.dags, "--tasks", args.tasks,
+        "--duration",
+        args.duration,
+        "--parallelism",
+        args.parallelism,
+        "--rate",
+        args.rate,
+        "--task-seconds",
+        args.task_seconds,
+        "--age-after",
+        args.age_after,
+        "--age-every",
+        args.age_every,
+        "--interval",
+        args.interval,
+        "--dags",
+        args.dags,
+        "--tasks",
+        args.tasks,
     ]
     with common.progress() as prog:
         task = prog.add_task("local-executor", total=len(builds))
@@ -125,58 +145,106 @@ def run(args) -> int:
     summaries = {label: _summary(raw[label]) for label in labels}
 
     # smem-like: one row per worker
-    headers = ["build", "worker pid", "start PSS MB", "end PSS MB", "start USS MB", "end USS MB",
-               "USS growth MB", "full collections (first, ms)"]
+    headers = [
+        "build",
+        "worker pid",
+        "start PSS MB",
+        "end PSS MB",
+        "start USS MB",
+        "end USS MB",
+        "USS growth MB",
+        "full collections (first, ms)",
+    ]
     rows = []
     for label in labels:
         res = raw[label]
         for pid, w in sorted(_workers(res).items(), key=lambda kv: kv[1]["t_first"]):
             c = res["collects_ms"].get(pid, [])
-            rows.append([label, pid, common.mb(w["first"]["pss"]), common.mb(w["last"]["pss"]),
-                         common.mb(w["first"]["uss"]), common.mb(w["last"]["uss"]),
-                         common.mb(w["last"]["uss"] - w["first"]["uss"]),
-                         f"{len(c)} ({c[0]:.0f})" if c else "0"])
-    title = (f"local-executor: per-worker memory, aged workers (parallelism {args.parallelism}, "
-             f"{args.duration:.0f} s, {args.rate:g} tasks/s, full gc.collect() at {args.age_after:g} s "
-             f"then every {args.age_every:g} s)")
+            rows.append(
+                [
+                    label,
+                    pid,
+                    common.mb(w["first"]["pss"]),
+                    common.mb(w["last"]["pss"]),
+                    common.mb(w["first"]["uss"]),
+                    common.mb(w["last"]["uss"]),
+                    common.mb(w["last"]["uss"] - w["first"]["uss"]),
+                    f"{len(c)} ({c[0]:.0f})" if c else "0",
+                ]
+            )
+    title = (
+        f"local-executor: per-worker memory, aged workers (parallelism {args.parallelism}, "
+        f"{args.duration:.0f} s, {args.rate:g} tasks/s, full gc.collect() at {args.age_after:g} s "
+        f"then every {args.age_every:g} s)"
+    )
     common.print_table(title, headers, rows)
     common.write_markdown_table(md, title, headers, rows)
 
     base = summaries.get("3.1.3")
     upstream = summaries.get("3.3.2")
-    headers = ["build", "workers (at start)", "tasks ok", "USS start -> end MB", "USS growth MB",
-               "vs 3.1.3", "vs 3.3.2", "total worker USS MB", "total worker PSS MB", "vs 3.3.2",
-               "parent PSS MB", "parent RSS MB"]
+    headers = [
+        "build",
+        "workers (at start)",
+        "tasks ok",
+        "USS start -> end MB",
+        "USS growth MB",
+        "vs 3.1.3",
+        "vs 3.3.2",
+        "total worker USS MB",
+        "total worker PSS MB",
+        "vs 3.3.2",
+        "parent PSS MB",
+        "parent RSS MB",
+    ]
     rows = []
     for label in labels:
         s = summaries[label]
-        rows.append([
-            label, f"{s['workers']} ({s['workers_after_start']})", s["tasks"],
-            f"{common.mb(s['uss_start'])} -> {common.mb(s['uss_end'])}", common.mb(s["uss_growth"]),
-            common.ratio(s["uss_growth"], base["uss_growth"]) if base else "-",
-            common.ratio(s["uss_growth"], upstream["uss_growth"]) if upstream else "-",
-            common.mb(s["total_uss_end"]), common.mb(s["total_pss_end"]),
-            common.ratio(s["total_pss_end"], upstream["total_pss_end"]) if upstream else "-",
-            common.mb(s["parent_pss_end"]), common.mb(s["parent_rss_end"]),
-        ])
+        rows.append(
+            [
+                label,
+                f"{s['workers']} ({s['workers_after_start']})",
+                s["tasks"],
+                f"{common.mb(s['uss_start'])} -> {common.mb(s['uss_end'])}",
+                common.mb(s["uss_growth"]),
+                common.ratio(s["uss_growth"], base["uss_growth"]) if base else "-",
+                common.ratio(s["uss_growth"], upstream["uss_growth"]) if upstream else "-",
+                common.mb(s["total_uss_end"]),
+                common.mb(s["total_pss_end"]),
+                common.ratio(s["total_pss_end"], upstream["total_pss_end"]) if upstream else "-",
+                common.mb(s["parent_pss_end"]),
+                common.mb(s["parent_rss_end"]),
+            ]
+        )
     title = "local-executor: per-build summary (USS: mean per worker; PSS: all workers at the end)"
     common.print_table(title, headers, rows)
     common.write_markdown_table(md, title, headers, rows)
 
-    headers = ["build", "freeze+unfreeze batches", "median us/batch", "max us/batch",
-               "worker full gc.collect ms (first)", "(median of all)", "parent tracked objects"]
+    headers = [
+        "build",
+        "freeze+unfreeze batches",
+        "median us/batch",
+        "max us/batch",
+        "worker full gc.collect ms (first)",
+        "(median of all)",
+        "parent tracked objects",
+    ]
     rows = []
     for label in labels:
         s = summaries[label]
-        rows.append([
-            label, s["batches"],
-            f"{s['batch_us_median']:.1f}" if s["batches"] else "n/a",
-            f"{s['batch_us_max']:.1f}" if s["batches"] else "n/a",
-            f"{s['collect_ms_first']:.1f}" if s["collections"] else "-",
-            f"{s['collect_ms_median']:.1f}" if s["collections"] else "-",
-            s["tracked_objects"],
-        ])
-    title = "local-executor: GC cost (executor process: freeze+unfreeze per fork batch; workers: full collection)"
+        rows.append(
+            [
+                label,
+                s["batches"],
+                f"{s['batch_us_median']:.1f}" if s["batches"] else "n/a",
+                f"{s['batch_us_max']:.1f}" if s["batches"] else "n/a",
+                f"{s['collect_ms_first']:.1f}" if s["collections"] else "-",
+                f"{s['collect_ms_median']:.1f}" if s["collections"] else "-",
+                s["tracked_objects"],
+            ]
+        )
+    title = (
+        "local-executor: GC cost (executor process: freeze+unfreeze per fork batch; workers: full collection)"
+    )
     common.print_table(title, headers, rows)
     common.write_markdown_table(md, title, headers, rows)
 
@@ -185,30 +253,58 @@ def run(args) -> int:
     if patched:
         checks = []
         if base:
-            checks.append(("USS growth <= 1/5 of 3.1.3's", patched["uss_growth"] <= base["uss_growth"] / 5,
-                           f"{common.mb(patched['uss_growth'])} vs {common.mb(base['uss_growth'])} MB"))
+            checks.append(
+                (
+                    "USS growth <= 1/5 of 3.1.3's",
+                    patched["uss_growth"] <= base["uss_growth"] / 5,
+                    f"{common.mb(patched['uss_growth'])} vs {common.mb(base['uss_growth'])} MB",
+                )
+            )
         if upstream:
-            checks.append(("USS growth <= 3.3.2's", patched["uss_growth"] <= upstream["uss_growth"],
-                           f"{common.mb(patched['uss_growth'])} vs {common.mb(upstream['uss_growth'])} MB"))
-            checks.append(("total worker PSS <= 3.3.2's", patched["total_pss_end"] <= upstream["total_pss_end"],
-                           f"{common.mb(patched['total_pss_end'])} vs {common.mb(upstream['total_pss_end'])} MB"))
-        checks.append(("freeze+unfreeze <= 50 us per batch",
-                       bool(patched["batches"]) and patched["batch_us_max"] <= 50,
-                       f"max {patched['batch_us_max']:.1f} us over {patched['batches']} batch(es)"
-                       if patched["batches"] else "no batch"))
+            checks.append(
+                (
+                    "USS growth <= 3.3.2's",
+                    patched["uss_growth"] <= upstream["uss_growth"],
+                    f"{common.mb(patched['uss_growth'])} vs {common.mb(upstream['uss_growth'])} MB",
+                )
+            )
+            checks.append(
+                (
+                    "total worker PSS <= 3.3.2's",
+                    patched["total_pss_end"] <= upstream["total_pss_end"],
+                    f"{common.mb(patched['total_pss_end'])} vs {common.mb(upstream['total_pss_end'])} MB",
+                )
+            )
+        checks.append(
+            (
+                "freeze+unfreeze <= 50 us per batch",
+                bool(patched["batches"]) and patched["batch_us_max"] <= 50,
+                f"max {patched['batch_us_max']:.1f} us over {patched['batches']} batch(es)"
+                if patched["batches"]
+                else "no batch",
+            )
+        )
         if upstream:
             # Informational: PSS also holds each worker's share of the pages it still shares with the
             # executor's process, so it follows the size of that process (imports, heap), which differs
             # between Airflow versions and which this patch does not change; USS is what the workers add.
-            checks.append(("(info) total worker USS <= 3.3.2's",
-                           patched["total_uss_end"] <= upstream["total_uss_end"],
-                           f"{common.mb(patched['total_uss_end'])} vs {common.mb(upstream['total_uss_end'])} MB;"
-                           f" parent RSS {common.mb(patched['parent_rss_end'])} vs "
-                           f"{common.mb(upstream['parent_rss_end'])} MB"))
+            checks.append(
+                (
+                    "(info) total worker USS <= 3.3.2's",
+                    patched["total_uss_end"] <= upstream["total_uss_end"],
+                    (
+                        f"{common.mb(patched['total_uss_end'])} vs {common.mb(upstream['total_uss_end'])} MB;"
+                        f" parent RSS {common.mb(patched['parent_rss_end'])} vs "
+                        f"{common.mb(upstream['parent_rss_end'])} MB"
+                    ),
+                )
+            )
         rows = [[name, "met" if good else "MISSED", detail] for name, good, detail in checks]
         ok = all(good for name, good, _ in checks if not name.startswith("(info)"))
         common.print_table("targets (issue 3), patched build", ["target", "result", "measured"], rows)
-        common.write_markdown_table(md, "targets (issue 3), patched build", ["target", "result", "measured"], rows)
+        common.write_markdown_table(
+            md, "targets (issue 3), patched build", ["target", "result", "measured"], rows
+        )
 
     png = out_dir / "local_executor.png"
     _plot(png, labels, raw, args)
@@ -228,11 +324,22 @@ def _plot(path: Path, labels: list[str], raw: dict, args) -> None:
         res = raw[label]
         for i, w in enumerate(_workers(res).values()):
             ts = [t for t, _, _ in w["series"]]
-            ax_uss.plot(ts, [u / MB for _, u, _ in w["series"]], color=colors[label], lw=1, alpha=0.8,
-                        label=label if i == 0 else None)
+            ax_uss.plot(
+                ts,
+                [u / MB for _, u, _ in w["series"]],
+                color=colors[label],
+                lw=1,
+                alpha=0.8,
+                label=label if i == 0 else None,
+            )
         ts = [s["t"] for s in res["samples"]]
-        ax_pss.plot(ts, [sum(m["pss"] for m in s["workers"].values()) / MB for s in res["samples"]],
-                    color=colors[label], lw=1.5, label=label)
+        ax_pss.plot(
+            ts,
+            [sum(m["pss"] for m in s["workers"].values()) / MB for s in res["samples"]],
+            color=colors[label],
+            lw=1.5,
+            label=label,
+        )
     for ax in (ax_uss, ax_pss):
         t = args.age_after
         while t < args.duration:

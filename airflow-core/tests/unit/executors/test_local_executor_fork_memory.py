@@ -19,7 +19,6 @@ import uuid
 
 import psutil
 import pytest
-
 from airflow.executors import local_executor, workloads
 from airflow.executors.local_executor import LocalExecutor
 from airflow.utils.state import TaskInstanceState
@@ -86,7 +85,7 @@ def test_full_collection_in_forked_worker_does_not_copy_parent_heap(monkeypatch,
             ex.queue_workload(w, session=session)
         events: dict = {}
         deadline = time.monotonic() + 90
-        while not set(w.ti.key for w in batch) <= set(events):
+        while not {w.ti.key for w in batch} <= set(events):
             assert time.monotonic() < deadline, f"workers did not finish: {events}"
             ex.heartbeat()
             events.update(ex.get_event_buffer())

@@ -20,7 +20,6 @@ import time
 import uuid
 
 import pytest
-
 from airflow.executors import local_executor, workloads
 from airflow.executors.local_executor import LocalExecutor
 from airflow.utils.state import TaskInstanceState
@@ -299,7 +298,7 @@ def test_start_method_is_not_fixed_globally(tmp_path):
         """
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

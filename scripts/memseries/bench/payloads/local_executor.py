@@ -109,9 +109,11 @@ def make_workload(workloads, n: int):
 
 
 def mem(proc) -> dict | None:
+    import psutil
+
     try:
         m = proc.memory_full_info()
-    except Exception:  # gone, or a zombie
+    except psutil.Error:  # gone, or a zombie
         return None
     return {"pss": m.pss, "uss": m.uss, "rss": m.rss}
 
@@ -120,9 +122,9 @@ def main() -> int:
     args = parse_args()
     home = setup_env()
     t_import = time.perf_counter()
+    # The scheduler stack, imported as in the scheduler.
+    import airflow.jobs.scheduler_job_runner
     import psutil
-
-    import airflow.jobs.scheduler_job_runner  # noqa: F401  the scheduler stack, as in the scheduler
     from airflow.executors import local_executor, workloads
     from airflow.executors.base_executor import BaseExecutor
     from airflow.executors.local_executor import LocalExecutor
@@ -220,7 +222,7 @@ def main() -> int:
 
     def collect_events() -> None:
         nonlocal done, failed
-        for _key, (state, _info) in executor.get_event_buffer().items():
+        for state, _info in executor.get_event_buffer().values():
             if state == TaskInstanceState.SUCCESS:
                 done += 1
             elif state == TaskInstanceState.FAILED:
