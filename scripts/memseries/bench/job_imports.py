@@ -31,17 +31,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="use this interpreter as the patched build instead of the series venv (e.g. a work venv)",
     )
+    parser.add_argument(
+        "--base-python",
+        type=Path,
+        help="use this interpreter as the unpatched build; give one installed the same way as --patched-python "
+        "(a venv whose files are hard links shared with other processes shows lower USS/PSS than a copied one)",
+    )
 
 
 def _builds(args) -> list[common.Build]:
-    if not args.patched_python:
-        return common.builds(args)
-    wanted = [w for w in args.builds.split(",") if w != "patched"]
-    out = common.builds(argparse.Namespace(builds=",".join(wanted))) if wanted else []
-    patched = common.Build("3.1.3+memfix", args.patched_python.absolute(), True)
-    if "patched" in args.builds.split(","):
-        out.insert(1 if out and out[0].label == "3.1.3" else 0, patched)
-    return out
+    overrides = {}
+    if args.base_python:
+        overrides["base"] = common.Build("3.1.3", args.base_python.absolute(), False)
+    if args.patched_python:
+        overrides["patched"] = common.Build("3.1.3+memfix", args.patched_python.absolute(), True)
+    wanted = args.builds.split(",")
+    made = iter(common.builds(argparse.Namespace(builds=",".join(w for w in wanted if w not in overrides)))
+                if any(w not in overrides for w in wanted) else [])
+    return [overrides[w] if w in overrides else next(made) for w in common.BUILD_CHOICES if w in wanted]
 
 
 def _median(values: list[float]) -> float:
