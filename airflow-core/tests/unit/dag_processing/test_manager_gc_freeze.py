@@ -42,8 +42,8 @@ _t0 = time.perf_counter()
 gc.collect()
 _elapsed = time.perf_counter() - _t0
 _uss1 = _proc.memory_full_info().uss
-with open({out!r}, "w") as _f:
-    json.dump({{"uss_growth": _uss1 - _uss0, "collect_s": _elapsed, "pid": os.getpid()}}, _f)
+with open({out!r}, "a") as _f:
+    _f.write(json.dumps({{"uss_growth": _uss1 - _uss0, "collect_s": _elapsed, "pid": os.getpid()}}) + "\\n")
 """
 
 
@@ -69,10 +69,10 @@ def dags_folder(airflow_home, clear_db, monkeypatch):
             path.unlink()
 
 
-def _run_manager(max_runs: int = 1):
+def _run_manager(max_runs: int = 1, **kwargs):
     from airflow.dag_processing.manager import DagFileProcessorManager
 
-    manager = DagFileProcessorManager(max_runs=max_runs)
+    manager = DagFileProcessorManager(max_runs=max_runs, **kwargs)
     manager.run()
     return manager
 
@@ -133,16 +133,40 @@ def test_garbage_is_not_frozen(dags_folder):
     assert gc.get_freeze_count() > 0
 
 
-def test_full_collection_in_parse_process_stays_cheap(dags_folder, tmp_path):
-    out = tmp_path / "probe.json"
-    # Give the manager a heap worth sharing, as a long-running manager has (tracked containers).
-    ballast = [{"i": i} for i in range(200_000)]
+@pytest.mark.parametrize("ballast_when", ["before_start", "between_parses"])
+def test_full_collection_in_parse_process_stays_cheap(dags_folder, tmp_path, ballast_when):
+    out = tmp_path / "probe.jsonl"
+    # Give the manager a heap worth sharing (tracked containers), created either before it starts, or
+    # while it runs, once two parses are done (from the loop's heartbeat: after the manager's last
+    # freeze, like the objects a long-running manager accumulates, with no new module to trigger
+    # another freeze). The last parse process must leave both alone.
+    ballast: list = []
+    managers: list = []
+    freezes_at_ballast: list = []
+
+    def grow():
+        if ballast or not managers:
+            return
+        stats = managers[0]._file_stats.values()
+        if ballast_when == "before_start" or any(s.run_count >= 2 for s in stats):
+            ballast.extend([i] for i in range(300_000))  # lists: always GC-tracked
+            freezes_at_ballast.append(getattr(getattr(managers[0], "_heap_freezer", None), "freezes", None))
+
     (dags_folder / "probe.py").write_text(textwrap.dedent(PROBE_DAG.format(out=str(out))))
+    from airflow.dag_processing.manager import DagFileProcessorManager
 
-    _run_manager()
+    manager = DagFileProcessorManager(max_runs=3, heartbeat=grow)
+    managers.append(manager)
+    grow()
+    manager.run()
 
-    probe = json.loads(out.read_text())
-    del ballast
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and ballast
+    probe = json.loads(lines[-1])
+    ballast.clear()
+    if ballast_when == "between_parses" and freezes_at_ballast[0] is not None:
+        # the manager did not freeze the ballast: only the parse process itself can keep it out of reach
+        assert manager._heap_freezer.freezes == freezes_at_ballast[0]
     # Unfrozen, the child's collection writes to every inherited object header and un-shares
     # well over 20 MiB here; frozen, it only walks the child's own objects.
     assert probe["uss_growth"] < 8 * 1024 * 1024, probe
