@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dags", type=int, default=4, help="DAG files, each importing numpy (4)")
     parser.add_argument("--runs", type=int, default=6, help="parses of each file (6)")
     parser.add_argument("--parallelism", type=int, default=2, help="[dag_processor] parsing_processes (2)")
-    parser.add_argument("--preload", default=PRELOAD, help=f"preload_modules for the preload-on run ({PRELOAD!r})")
+    parser.add_argument(
+        "--preload", default=PRELOAD, help=f"preload_modules for the preload-on run ({PRELOAD!r})"
+    )
     parser.add_argument("--no-floor", action="store_true", help="skip the patched run over library-free DAGs")
     parser.add_argument(
         "--patched-python",
@@ -110,9 +112,12 @@ def run(args) -> int:
             raw[name] = common.run_payload(
                 build,
                 PAYLOAD,
-                "--dags", str(args.dags),
-                "--runs", str(args.runs),
-                "--parallelism", str(args.parallelism),
+                "--dags",
+                str(args.dags),
+                "--runs",
+                str(args.runs),
+                "--parallelism",
+                str(args.parallelism),
                 *extra,
                 timeout=900,
             )
@@ -123,19 +128,45 @@ def run(args) -> int:
     base_name = configs[0][0]
     off = next((n for n, b, e in configs if b.patched and not e), None)
     on = next((n for n, b, e in configs if b.patched and "--preload" in e), None)
-    headers = ["configuration", "parses", "1st-round parse ms", "parse ms", "USS MB", "PSS MB", "USS after gc MB",
-               "gc.collect ms", "gc max ms", "tracked objs", "numpy inherited", "parse vs base", "USS vs base"]
+    headers = [
+        "configuration",
+        "parses",
+        "1st-round parse ms",
+        "parse ms",
+        "USS MB",
+        "PSS MB",
+        "USS after gc MB",
+        "gc.collect ms",
+        "gc max ms",
+        "tracked objs",
+        "numpy inherited",
+        "parse vs base",
+        "USS vs base",
+    ]
     rows = []
     for name, _, _ in configs:
         a, base = agg[name], agg[base_name]
-        rows.append([
-            name, a["n"], f"{a['first_parse_ms']:.0f}", f"{a['parse_ms']:.0f}", common.mb(a["uss"]),
-            common.mb(a["pss"]), common.mb(a["uss_after_gc"]), f"{a['gc_ms']:.2f}", f"{a['gc_ms_max']:.2f}",
-            int(a["tracked"]), f"{a['inherited']:.0%}", common.ratio(a["parse_ms"], base["parse_ms"]),
-            common.ratio(a["uss"], base["uss"]),
-        ])
-    title = (f"dag-processor: {args.dags} numpy DAG files x {args.runs} parses, parsing_processes "
-             f"{args.parallelism} (medians over steady parses; per parse process)")
+        rows.append(
+            [
+                name,
+                a["n"],
+                f"{a['first_parse_ms']:.0f}",
+                f"{a['parse_ms']:.0f}",
+                common.mb(a["uss"]),
+                common.mb(a["pss"]),
+                common.mb(a["uss_after_gc"]),
+                f"{a['gc_ms']:.2f}",
+                f"{a['gc_ms_max']:.2f}",
+                int(a["tracked"]),
+                f"{a['inherited']:.0%}",
+                common.ratio(a["parse_ms"], base["parse_ms"]),
+                common.ratio(a["uss"], base["uss"]),
+            ]
+        )
+    title = (
+        f"dag-processor: {args.dags} numpy DAG files x {args.runs} parses, parsing_processes "
+        f"{args.parallelism} (medians over steady parses; per parse process)"
+    )
     common.print_table(title, headers, rows)
     md = out_dir / "results.md"
     common.write_markdown_table(md, title, headers, rows)
@@ -146,26 +177,45 @@ def run(args) -> int:
         uss_ratio = a_on["uss"] / a_off["uss"]
         t_headers = ["target", "measured", "met"]
         t_rows = [
-            ["gc.collect in a parse process <= 1 ms (preload on, median)", f"{a_on['gc_ms']:.2f} ms",
-             "yes" if a_on["gc_ms"] <= 1 else "no"],
-            ["gc.collect in a parse process <= 1 ms (preload off, median)", f"{a_off['gc_ms']:.2f} ms",
-             "yes" if a_off["gc_ms"] <= 1 else "no"],
-            ["parse wall time >= 5x faster with preloading", f"{speedup:.1f}x", "yes" if speedup >= 5 else "no"],
-            ["parse-process USS <= 1/3 of preload off", f"{uss_ratio:.2f}x", "yes" if uss_ratio <= 1 / 3 else "no"],
+            [
+                "gc.collect in a parse process <= 1 ms (preload on, median)",
+                f"{a_on['gc_ms']:.2f} ms",
+                "yes" if a_on["gc_ms"] <= 1 else "no",
+            ],
+            [
+                "gc.collect in a parse process <= 1 ms (preload off, median)",
+                f"{a_off['gc_ms']:.2f} ms",
+                "yes" if a_off["gc_ms"] <= 1 else "no",
+            ],
+            [
+                "parse wall time >= 5x faster with preloading",
+                f"{speedup:.1f}x",
+                "yes" if speedup >= 5 else "no",
+            ],
+            [
+                "parse-process USS <= 1/3 of preload off",
+                f"{uss_ratio:.2f}x",
+                "yes" if uss_ratio <= 1 / 3 else "no",
+            ],
         ]
         floor = next((n for n, b, e in configs if "--no-library" in e), None)
         if floor:
             fl = agg[floor]["uss"]
             lib_off, lib_on = a_off["uss"] - fl, a_on["uss"] - fl
-            t_rows.append(["(context) USS above the no-library floor, on / off",
-                           f"{common.mb(lib_on)} / {common.mb(lib_off)} MB = {common.ratio(lib_on, lib_off)}",
-                           "-"])
+            t_rows.append(
+                [
+                    "(context) USS above the no-library floor, on / off",
+                    f"{common.mb(lib_on)} / {common.mb(lib_off)} MB = {common.ratio(lib_on, lib_off)}",
+                    "-",
+                ]
+            )
         common.print_table("targets (issue 6)", t_headers, t_rows)
         common.write_markdown_table(md, "targets (issue 6)", t_headers, t_rows)
     log_rows = [[name, line] for name, _, _ in configs for line in agg[name]["manager_log"]]
     if log_rows:
-        common.write_markdown_table(md, "patched manager's freeze / preload log lines", ["configuration", "line"],
-                                    log_rows)
+        common.write_markdown_table(
+            md, "patched manager's freeze / preload log lines", ["configuration", "line"], log_rows
+        )
     _plot(out_dir / "dag_processor.png", configs, agg)
     common.console.print(f"results: {md}, {out_dir / 'dag_processor.png'}, {out_dir / 'raw.json'}")
     return 0

@@ -95,8 +95,7 @@ def test_module_pre_imported_later_is_frozen_and_freezes_are_bounded(dags_folder
     # imports it in the manager right before the fork. It must be frozen too.
     sys.modules.pop(PRE_IMPORTED, None)
     (dags_folder / "pre_import.py").write_text(
-        SIMPLE_DAG.format(dag_id="frozen_pre_import")
-        + f"\nimport {PRE_IMPORTED}  # noqa: F401\n"
+        SIMPLE_DAG.format(dag_id="frozen_pre_import") + f"\nimport {PRE_IMPORTED}  # noqa: F401\n"
     )
     parses = 5
     manager = _run_manager(max_runs=parses)

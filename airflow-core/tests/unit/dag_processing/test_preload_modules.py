@@ -12,8 +12,8 @@ import gc
 import logging
 import signal
 import sys
-import textwrap
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -64,9 +64,15 @@ ALL_TEST_MODULES = [*MODULES, "pl_missing"]
 class _Records:
     """Wraps the manager's (structlog) logger, recording each message at a stdlib level."""
 
-    LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-              "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
-              "critical": logging.CRITICAL}
+    LEVELS: ClassVar[dict[str, int]] = {
+        "debug": logging.DEBUG,
+        "info": logging.INFO,
+        "warning": logging.WARNING,
+        "warn": logging.WARNING,
+        "error": logging.ERROR,
+        "exception": logging.ERROR,
+        "critical": logging.CRITICAL,
+    }
 
     def __init__(self, log):
         self._log = log
@@ -127,7 +133,10 @@ def _run_manager_scenario(home: Path, tmp: Path, preload: str | None, dag_module
             frozen_ok = None
             if in_parent.get("pl_ok") is not None:
                 tracked = {id(obj) for obj in gc.get_objects()}
-                frozen_ok = id(vars(in_parent["pl_ok"])) not in tracked and id(in_parent["pl_ok"].VALUE) not in tracked
+                frozen_ok = (
+                    id(vars(in_parent["pl_ok"])) not in tracked
+                    and id(in_parent["pl_ok"].VALUE) not in tracked
+                )
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
@@ -164,7 +173,10 @@ def preload_run(airflow_home, tmp_path_factory):
 @pytest.fixture(scope="module")
 def no_preload_run(airflow_home, tmp_path_factory):
     return _run_manager_scenario(
-        Path(airflow_home), tmp_path_factory.mktemp("no-preload"), None, ["pl_ok", "pl_raises", "pl_parent_fails"]
+        Path(airflow_home),
+        tmp_path_factory.mktemp("no-preload"),
+        None,
+        ["pl_ok", "pl_raises", "pl_parent_fails"],
     )
 
 

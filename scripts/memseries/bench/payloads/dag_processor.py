@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PROBE = r'''
+PROBE = r"""
 import gc, json, os, sys, time
 
 _OUT = os.environ.get("MEMSERIES_DAGPROC_OUT")
@@ -82,11 +82,11 @@ def report(dag_file):
     }
     with open(_OUT, "a") as f:
         f.write(json.dumps(record) + "\n")
-'''
+"""
 
 SITECUSTOMIZE = "import _memseries_dagproc_probe  # noqa: F401\n"
 
-NUMPY_IMPORTS = '''
+NUMPY_IMPORTS = """
 import numpy as np
 import numpy.fft
 import numpy.linalg
@@ -95,9 +95,9 @@ import numpy.polynomial
 import numpy.random
 
 WEIGHTS = np.linspace(0.0, 1.0, 16)
-'''
+"""
 
-DAG = '''{imports}
+DAG = """{imports}
 from airflow.sdk import DAG
 from airflow.providers.standard.operators.empty import EmptyOperator
 
@@ -107,10 +107,12 @@ with DAG("numpy_heavy_{n}", schedule=None, tags=["memseries"]):
 import _memseries_dagproc_probe
 
 _memseries_dagproc_probe.report(__file__)
-'''
+"""
 
 PRELOAD_DEFAULT = "numpy, numpy.fft, numpy.linalg, numpy.ma, numpy.polynomial, numpy.random"
-LOG_LINE = re.compile(r"(Froze DAG processor heap.*?objects frozen|Preloaded module \S+ into the DAG processor manager: [^\[]*)")
+LOG_LINE = re.compile(
+    r"(Froze DAG processor heap.*?objects frozen|Preloaded module \S+ into the DAG processor manager: [^\[]*)"
+)
 
 
 def _count_lines(path: Path) -> int:
@@ -123,11 +125,19 @@ def main() -> int:
     parser.add_argument("--dags", type=int, default=4, help="number of DAG files (4)")
     parser.add_argument("--runs", type=int, default=6, help="parses of each file (6)")
     parser.add_argument("--parallelism", type=int, default=2, help="[dag_processor] parsing_processes (2)")
-    parser.add_argument("--preload", default="", help=f"[dag_processor] preload_modules ('' = unset); "
-                        f"'default' = {PRELOAD_DEFAULT!r}")
-    parser.add_argument("--no-library", action="store_true",
-                        help="DAG files without the numpy imports (to measure the parse-process floor)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="give up on the dag-processor after (600 s)")
+    parser.add_argument(
+        "--preload",
+        default="",
+        help=f"[dag_processor] preload_modules ('' = unset); 'default' = {PRELOAD_DEFAULT!r}",
+    )
+    parser.add_argument(
+        "--no-library",
+        action="store_true",
+        help="DAG files without the numpy imports (to measure the parse-process floor)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="give up on the dag-processor after (600 s)"
+    )
     args = parser.parse_args()
     preload = PRELOAD_DEFAULT if args.preload == "default" else args.preload
 
@@ -161,7 +171,11 @@ def main() -> int:
         if preload:
             env["AIRFLOW__DAG_PROCESSOR__PRELOAD_MODULES"] = preload
         migrate = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if migrate.returncode != 0:
             print(migrate.stderr[-3000:], file=sys.stderr)
