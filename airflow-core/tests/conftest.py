@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 PG_URL = os.environ.get("MEMSERIES_PG_URL", "postgresql://postgres@127.0.0.1:5432")
-KEEP_TABLES = {"alembic_version", "slot_pool"}
+# the migration head, the default pool and the log filename templates that `airflow db migrate` wrote
+KEEP_TABLES = {"alembic_version", "slot_pool", "log_template"}
 
 
 def pytest_addoption(parser):
@@ -149,7 +150,7 @@ def _clear_all_tables() -> None:
 
 @pytest.fixture
 def clear_db():
-    """Empty every metadata table (but the migration head and the default pool) before and after the test."""
+    """Empty every metadata table but KEEP_TABLES before and after the test."""
     _clear_all_tables()
     yield
     _clear_all_tables()
