@@ -53,8 +53,7 @@ WORKER_TITLE = "airflow worker -- LocalExecutor"
 AGE_ENV = "MEMSERIES_AGE_GC_INTERVAL"
 AGE_LOG_ENV = "MEMSERIES_AGE_LOG_DIR"
 
-SITECUSTOMIZE = '''\
-"""memseries harness only (never part of a patch): age forked children with periodic full collections."""
+SITECUSTOMIZE = r'''"""memseries harness only (never part of a patch): age forked children with periodic full collections."""
 import os
 
 _interval = float(os.environ.get("MEMSERIES_AGE_GC_INTERVAL") or 0)
@@ -65,7 +64,39 @@ if _interval > 0:
 
     _logdir = os.environ.get("MEMSERIES_AGE_LOG_DIR") or ""
 
+    def _memseries_private_bytes():
+        # USS of this process right now (Private_Clean + Private_Dirty of /proc/self/smaps_rollup)
+        try:
+            fd = os.open("/proc/self/smaps_rollup", os.O_RDONLY)
+            try:
+                data = b""
+                while chunk := os.read(fd, 65536):
+                    data += chunk
+            finally:
+                os.close(fd)
+            total = 0
+            for line in data.split(b"\n"):
+                if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+            return total
+        except (OSError, ValueError):
+            return -1
+
+    def _memseries_log(logdir, line):
+        # os-level I/O only: no Python locks that a later fork could inherit held
+        try:
+            fd = os.open(os.path.join(logdir, str(os.getpid())), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
     def _memseries_age_loop(interval, logdir):
+        if logdir:
+            # line 0: the USS right after the fork, before this child has run anything
+            _memseries_log(logdir, "0 0 %.2f %d\n" % (time.time(), _memseries_private_bytes()))
         n = 0
         while True:
             time.sleep(interval)
@@ -73,16 +104,7 @@ if _interval > 0:
             gc.collect()
             n += 1
             if logdir:
-                # os-level I/O only: no Python locks that a later fork could inherit held
-                line = ("%d %.6f %.2f\\n" % (n, time.perf_counter() - t0, time.time())).encode()
-                try:
-                    fd = os.open(os.path.join(logdir, str(os.getpid())), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-                    try:
-                        os.write(fd, line)
-                    finally:
-                        os.close(fd)
-                except OSError:
-                    pass
+                _memseries_log(logdir, "%d %.6f %.2f\n" % (n, time.perf_counter() - t0, time.time()))
 
     def _memseries_after_fork():
         threading.Thread(
@@ -184,6 +206,17 @@ def default_config(cfg: StackConfig, port: int, home: Path, db_uri: str) -> dict
     return {env_key(s, k): v for (s, k), v in settings.items()}
 
 
+def postgres_unreachable(pg_url: str = PG_URL) -> str | None:
+    """None if PostgreSQL answers at pg_url, else why not (for skips and clear errors)."""
+    try:
+        import psycopg2
+
+        psycopg2.connect(f"{pg_url}/postgres", connect_timeout=5).close()
+    except Exception as e:  # noqa: BLE001 - any failure means: not usable
+        return f"PostgreSQL at {pg_url} not reachable: {e}"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------------------
 # process helpers
 
@@ -204,7 +237,8 @@ def _getsid(pid: int) -> int | None:
 
 def _title(proc: psutil.Process) -> str:
     try:
-        return " ".join(proc.cmdline())
+        # setproctitle pads the title with spaces over the old argv area
+        return " ".join(proc.cmdline()).strip()
     except psutil.Error:
         return ""
 
@@ -688,28 +722,34 @@ class Stack:
         self.sampler.start()
         return self.sampler
 
-    def collections(self) -> dict[int, int]:
-        """pid -> number of forced full collections the aging thread has run in it so far."""
-        out = {}
+    def _age_lines(self) -> dict[int, list[list[str]]]:
+        out: dict[int, list[list[str]]] = {}
         if self.home is None or not self.age_log_dir.exists():
             return out
         for f in self.age_log_dir.iterdir():
             with contextlib.suppress(OSError, ValueError):
-                lines = f.read_text().splitlines()
-                out[int(f.name)] = len(lines)
+                out[int(f.name)] = [line.split() for line in f.read_text().splitlines() if line.strip()]
+        return out
+
+    def collections(self) -> dict[int, int]:
+        """pid -> number of forced full collections the aging thread has run in it so far."""
+        return {pid: sum(1 for ln in lines if ln[0] != "0") for pid, lines in self._age_lines().items()}
+
+    def fork_uss(self) -> dict[int, int]:
+        """pid -> USS in bytes measured by the child itself right after it was forked (aging on only)."""
+        out = {}
+        for pid, lines in self._age_lines().items():
+            for ln in lines:
+                if ln[0] == "0" and len(ln) >= 4 and int(ln[3]) >= 0:
+                    out[pid] = int(ln[3])
         return out
 
     def collection_log(self) -> dict[int, list[tuple[float, float]]]:
         """pid -> [(wall time, duration in s)] of the forced full collections the aging thread ran in it."""
-        out: dict[int, list[tuple[float, float]]] = {}
-        if self.home is None or not self.age_log_dir.exists():
-            return out
-        for f in self.age_log_dir.iterdir():
-            with contextlib.suppress(OSError, ValueError):
-                out[int(f.name)] = [
-                    (float(line.split()[2]), float(line.split()[1])) for line in f.read_text().splitlines() if line
-                ]
-        return out
+        return {
+            pid: [(float(ln[2]), float(ln[1])) for ln in lines if ln[0] != "0" and len(ln) >= 3]
+            for pid, lines in self._age_lines().items()
+        }
 
     # -- metadata DB -------------------------------------------------------------------------------------------
 
@@ -733,6 +773,33 @@ class Stack:
                 return cur.fetchall()
         finally:
             conn.close()
+
+    def execute(self, sql: str, params: tuple = ()) -> int:
+        """Run one write statement on the metadata DB (e.g. pause a DAG the way `airflow dags pause` does)."""
+        if self.cfg.backend == "sqlite":
+            import sqlite3
+
+            assert self.home
+            conn = sqlite3.connect(str(self.home / "airflow.db"), timeout=60)
+            try:
+                with conn:
+                    return conn.execute(sql.replace("%s", "?"), params).rowcount
+            finally:
+                conn.close()
+        import psycopg2
+
+        conn = psycopg2.connect(f"{self.cfg.pg_url}/{self._pg_db}", connect_timeout=10)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.rowcount
+        finally:
+            conn.close()
+
+    def set_paused(self, dag_id: str, paused: bool = True) -> None:
+        """Pause/unpause a DAG directly in the metadata DB (what `airflow dags pause` does, without its start-up)."""
+        if self.execute("UPDATE dag SET is_paused = %s WHERE dag_id = %s", (paused, dag_id)) != 1:
+            raise StackError(f"no DAG {dag_id!r} to (un)pause")
 
     def task_counts(self, dag_prefix: str | None = None) -> dict[str, int]:
         """Task instances by state (current try), plus 'retried' = earlier tries kept in task_instance_history."""

@@ -60,19 +60,6 @@ def e2e_venv(pytestconfig) -> Path:
     return venv
 
 
-def postgres_reachable() -> str | None:
-    """None if PostgreSQL answers, else the reason."""
-    from memseries.stack import PG_URL
-
-    try:
-        import psycopg2
-
-        psycopg2.connect(f"{PG_URL}/postgres", connect_timeout=5).close()
-    except Exception as e:  # noqa: BLE001
-        return f"PostgreSQL at {PG_URL} not reachable: {e}"
-    return None
-
-
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     # lets fixtures see whether the test failed (the e2e module dumps the stack's logs then)
