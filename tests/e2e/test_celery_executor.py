@@ -31,7 +31,7 @@ import psutil
 import pytest
 
 from memseries.celery_stack import CeleryOptions, CeleryStack, redis_command
-from memseries.stack import PG_URL, StackConfig, tail
+from memseries.stack import StackConfig, postgres_unreachable, tail
 
 HERE = Path(__file__).resolve().parent
 DAGS = HERE / "celery_dags"
@@ -52,17 +52,14 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def stack(e2e_venv, tmp_path_factory):
-    try:
-        import psycopg2
-
-        psycopg2.connect(f"{PG_URL}/postgres", connect_timeout=5).close()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at {PG_URL} not reachable: {e}")
+    if reason := postgres_unreachable():
+        pytest.skip(reason)
     options = CeleryOptions(workers=2, concurrency=2)
-    try:
-        redis_command(options.broker_url, ["PING"])
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"Redis broker {options.broker_url} not reachable: {e}")
+    if options.broker_url.startswith("redis"):  # MEMSERIES_CELERY_BROKER may point at RabbitMQ instead
+        try:
+            redis_command(options.broker_url, ["PING"])
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"Redis broker {options.broker_url} not reachable: {e}")
     marks = tmp_path_factory.mktemp("celery-marks")
     cfg = StackConfig(
         venv=e2e_venv,

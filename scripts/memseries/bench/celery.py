@@ -8,8 +8,9 @@ gc.collect() every --age seconds. psutil samples every pool process and worker m
 seconds; a pool process's USS is only compared over samples where it had no live child (while it has forked
 a task process the pages they share are not unique to it).
 
-"young" = a pool process's first such sample before its first forced collection; "aged" = the largest such
-sample after its second. The pool processes are forked by the worker's main process after the celery
+"at fork" = the USS a pool process measured itself right after its fork (the harness's aging hook);
+"young" = its first sample without a task child before its first forced collection; "aged" = the largest such
+sample after its second; growth = aged - young. The pool processes are forked by the worker's main process after the celery
 provider's `gc.freeze()` (provider >= 3.17.2, `on_celery_import_modules`), so a full collection in them does
 not touch (copy) the worker's startup heap. Unless --no-control, one extra run of the first patched build undoes
 that freeze inside each pool process right after the fork (harness-only `worker_process_init` hook): that is
@@ -104,6 +105,7 @@ def _measure(name: str, build: common.Build, unfreeze: bool, args, prog, task) -
         sampler.stop()
         samples = sampler.snapshot()
         collections = st.collection_log()
+        fork_uss = st.fork_uss()
         counts = st.task_counts()
         hosts = dict(st.worker_hostnames)
     return {
@@ -114,6 +116,7 @@ def _measure(name: str, build: common.Build, unfreeze: bool, args, prog, task) -
         "workers": hosts,
         "samples": [s.__dict__ for s in samples],
         "collections": {str(pid): v for pid, v in collections.items()},
+        "fork_uss": {str(pid): v for pid, v in fork_uss.items()},
     }
 
 
@@ -135,6 +138,7 @@ def _pool(res: dict) -> dict[int, dict]:
         worker = worker.replace(WORKER_PREFIX, "w")
         out[pid] = {
             "worker": worker,
+            "fork_uss": res.get("fork_uss", {}).get(str(pid)),
             "young": young[0] if young else None,
             "aged": max(aged, key=lambda s: s["uss"]) if aged else None,
             "collections_ms": [d * 1000 for _, d in colls],
@@ -168,13 +172,14 @@ def run(args) -> int:
     md = out_dir / "results.md"
     names = [n for n, _, _ in runs]
 
-    headers = ["run", "worker", "pool pid", "PSS young MB", "PSS aged MB", "USS young MB", "USS aged MB",
-               "USS growth MB", "forced collections (median ms)"]
+    headers = ["run", "worker", "pool pid", "USS at fork MB", "PSS young MB", "PSS aged MB", "USS young MB",
+               "USS aged MB", "USS growth MB", "forced collections (median ms)"]
     rows = []
     summaries = {}
     for name in names:
         pool = _pool(raw[name])
         growth, uss_y, uss_a, pss_a, colls = [], [], [], [], []
+        at_fork = [p["fork_uss"] for p in pool.values() if p["fork_uss"] is not None]
         for pid, p in sorted(pool.items(), key=lambda kv: (kv[1]["worker"], kv[0])):
             y, a = p["young"], p["aged"]
             g = a["uss"] - y["uss"] if (a and y) else None
@@ -185,13 +190,14 @@ def run(args) -> int:
                 pss_a.append(a["pss"])
             colls += p["collections_ms"]
             c = p["collections_ms"]
-            rows.append([name, p["worker"], pid, _fmt(y and y["pss"]), _fmt(a and a["pss"]), _fmt(y and y["uss"]),
+            rows.append([name, p["worker"], pid, _fmt(p["fork_uss"]), _fmt(y and y["pss"]), _fmt(a and a["pss"]), _fmt(y and y["uss"]),
                          _fmt(a and a["uss"]), _fmt(g),
                          f"{len(c)} ({statistics.median(c):.0f})" if c else "0"])
         mains = _mains(raw[name])
         summaries[name] = {
             "pool": len(pool),
             "measured": len(growth),
+            "uss_fork": statistics.mean(at_fork) if at_fork else None,
             "uss_young": statistics.mean(uss_y) if uss_y else None,
             "uss_aged": statistics.mean(uss_a) if uss_a else None,
             "uss_growth": statistics.mean(growth) if growth else None,
@@ -207,7 +213,8 @@ def run(args) -> int:
     common.write_markdown_table(md, title, headers, rows)
 
     base = summaries.get("3.1.3")
-    headers = ["run", "pool processes (measured)", "tasks ok", "USS young -> aged MB (mean)", "USS growth MB",
+    headers = ["run", "pool processes (measured)", "tasks ok", "USS at fork MB", "USS young -> aged MB (mean)",
+               "USS growth MB",
                "vs 3.1.3", "aged pool PSS MB (sum)", "vs 3.1.3", "worker main PSS MB (sum)",
                "pool full collection ms (median)"]
     rows = []
@@ -215,7 +222,7 @@ def run(args) -> int:
         s = summaries[name]
         ok = f"{s['tasks_ok']}" + (f" ({s['tasks_failed']} failed)" if s["tasks_failed"] else "")
         rows.append([
-            name, f"{s['pool']} ({s['measured']})", ok,
+            name, f"{s['pool']} ({s['measured']})", ok, _fmt(s["uss_fork"]),
             f"{_fmt(s['uss_young'])} -> {_fmt(s['uss_aged'])}", _fmt(s["uss_growth"]),
             common.ratio(s["uss_growth"], base["uss_growth"]) if base and s["uss_growth"] is not None
             and base["uss_growth"] else "-",
@@ -241,7 +248,8 @@ def _plot(path: Path, names: list[str], raw: dict, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = dict(zip(names, ["tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple"]))
+    palette = iter(["tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple"])
+    colors = {n: ("tab:gray" if "control" in n else next(palette)) for n in names}
     fig, (ax_uss, ax_pss) = plt.subplots(1, 2, figsize=(13, 4.8))
     for name in names:
         for i, p in enumerate(_pool(raw[name]).values()):
