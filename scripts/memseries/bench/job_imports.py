@@ -21,11 +21,19 @@ PAYLOAD = "job_imports.py"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_build_arguments(parser)
-    parser.add_argument("--components", default="dag-processor,triggerer", help="comma-separated (default both)")
+    parser.add_argument(
+        "--components", default="dag-processor,triggerer", help="comma-separated (default both)"
+    )
     parser.add_argument("--warmup", type=float, default=25.0, help="seconds before sampling may start (25)")
-    parser.add_argument("--stable", type=float, default=8.0, help="module count unchanged this long = steady (8)")
-    parser.add_argument("--samples", type=int, default=5, help="memory samples, 1 s apart; the median is kept (5)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per build; the median of runs is kept (1)")
+    parser.add_argument(
+        "--stable", type=float, default=8.0, help="module count unchanged this long = steady (8)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=5, help="memory samples, 1 s apart; the median is kept (5)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per build; the median of runs is kept (1)"
+    )
     parser.add_argument(
         "--patched-python",
         type=Path,
@@ -46,8 +54,11 @@ def _builds(args) -> list[common.Build]:
     if args.patched_python:
         overrides["patched"] = common.Build("3.1.3+memfix", args.patched_python.absolute(), True)
     wanted = args.builds.split(",")
-    made = iter(common.builds(argparse.Namespace(builds=",".join(w for w in wanted if w not in overrides)))
-                if any(w not in overrides for w in wanted) else [])
+    made = iter(
+        common.builds(argparse.Namespace(builds=",".join(w for w in wanted if w not in overrides)))
+        if any(w not in overrides for w in wanted)
+        else []
+    )
     return [overrides[w] if w in overrides else next(made) for w in common.BUILD_CHOICES if w in wanted]
 
 
@@ -70,10 +81,14 @@ def run(args) -> int:
                 res = common.run_payload(
                     build,
                     PAYLOAD,
-                    "--components", args.components,
-                    "--warmup", str(args.warmup),
-                    "--stable", str(args.stable),
-                    "--samples", str(args.samples),
+                    "--components",
+                    args.components,
+                    "--warmup",
+                    str(args.warmup),
+                    "--stable",
+                    str(args.stable),
+                    "--samples",
+                    str(args.samples),
                     timeout=900 + 300 * len(components),
                 )
                 raw.setdefault(build.label, []).append(res)
@@ -87,33 +102,71 @@ def run(args) -> int:
             rows = [r for run_ in runs for r in run_["results"] if r["component"] == comp]
             agg[(label, comp)] = {
                 k: _median([r[k] for r in rows])
-                for k in ("uss", "pss", "rss", "tree_uss", "tree_pss", "import_total_s", "import_executors_s",
-                          "n_modules", "n_airflow_modules")
+                for k in (
+                    "uss",
+                    "pss",
+                    "rss",
+                    "tree_uss",
+                    "tree_pss",
+                    "import_total_s",
+                    "import_executors_s",
+                    "n_modules",
+                    "n_airflow_modules",
+                )
             } | {"executor_modules": rows[-1]["executor_modules"]}
 
     base_label = builds[0].label
-    headers = ["component", "build", "USS MB", "PSS MB", "tree PSS MB", "USS vs base", "import s",
-               "exec import s", "modules", "airflow.executors.* modules"]
+    headers = [
+        "component",
+        "build",
+        "USS MB",
+        "PSS MB",
+        "tree PSS MB",
+        "USS vs base",
+        "import s",
+        "exec import s",
+        "modules",
+        "airflow.executors.* modules",
+    ]
     rows = []
     for comp in components:
         base = agg.get((base_label, comp))
         for b in builds:
             a = agg[(b.label, comp)]
-            rows.append([
-                comp, b.label, common.mb(a["uss"]), common.mb(a["pss"]), common.mb(a["tree_pss"]),
-                common.ratio(a["uss"], base["uss"]) if base else "-",
-                f"{a['import_total_s']:.2f}", f"{a['import_executors_s']:.3f}", int(a["n_modules"]),
-                len(a["executor_modules"]),
-            ])
+            rows.append(
+                [
+                    comp,
+                    b.label,
+                    common.mb(a["uss"]),
+                    common.mb(a["pss"]),
+                    common.mb(a["tree_pss"]),
+                    common.ratio(a["uss"], base["uss"]) if base else "-",
+                    f"{a['import_total_s']:.2f}",
+                    f"{a['import_executors_s']:.3f}",
+                    int(a["n_modules"]),
+                    len(a["executor_modules"]),
+                ]
+            )
     title = "job-imports: real dag-processor / triggerer at steady state (median; SQLite, LocalExecutor)"
     common.print_table(title, headers, rows)
     md = out_dir / "results.md"
     common.write_markdown_table(md, title, headers, rows)
-    mod_rows = [[comp, b.label, ", ".join(m.removeprefix("airflow.executors") or "(package)"
-                                          for m in agg[(b.label, comp)]["executor_modules"]) or "-"]
-                for comp in components for b in builds]
-    common.write_markdown_table(md, "airflow.executors.* modules loaded", ["component", "build", "modules"],
-                                mod_rows)
+    mod_rows = [
+        [
+            comp,
+            b.label,
+            ", ".join(
+                m.removeprefix("airflow.executors") or "(package)"
+                for m in agg[(b.label, comp)]["executor_modules"]
+            )
+            or "-",
+        ]
+        for comp in components
+        for b in builds
+    ]
+    common.write_markdown_table(
+        md, "airflow.executors.* modules loaded", ["component", "build", "modules"], mod_rows
+    )
     _plot(out_dir / "job_imports.png", builds, components, agg)
     common.console.print(f"results: {md}, {out_dir / 'job_imports.png'}, {out_dir / 'raw.json'}")
     return 0

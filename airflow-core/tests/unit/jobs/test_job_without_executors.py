@@ -22,7 +22,6 @@ import textwrap
 import warnings
 
 import pytest
-
 from airflow.executors.executor_loader import ExecutorLoader
 from airflow.executors.executor_utils import ExecutorName
 from airflow.executors.local_executor import LocalExecutor
@@ -101,11 +100,14 @@ def run_fresh(script: str, env_extra: dict | None = None, timeout: float = 240) 
         [sys.executable, "-c", textwrap.dedent(script)],
         capture_output=True,
         text=True,
+        check=False,
         env=env,
         timeout=timeout,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert proc.returncode == 0 and lines, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0 and lines, (
+        f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return json.loads(lines[-1])
 
 
@@ -228,9 +230,9 @@ class TestDeprecatedJobExecutorAttributes:
         job = Job()
         TriggererJobRunner(job=job, capacity=1)
         with pytest.raises(AttributeError, match=r"SchedulerJobRunner\.executors"):
-            job.executors
+            _ = job.executors
         with pytest.raises(AttributeError, match=r"SchedulerJobRunner\.executor\b"):
-            job.executor
+            _ = job.executor
 
     def test_scheduler_job_delegates_with_a_warning(self, no_configured_executors):
         first, second = named_local_executor("first"), named_local_executor("second")
@@ -250,4 +252,4 @@ class TestDeprecatedJobExecutorAttributes:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             with pytest.raises(AttributeError, match="SchedulerJobRunner"):
-                job.executor
+                _ = job.executor
