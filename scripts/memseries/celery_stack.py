@@ -107,9 +107,10 @@ def redis_command(url: str, *commands: list[str], timeout: float = 10.0) -> list
     db = (u.path or "/0").strip("/") or "0"
     cmds = [["SELECT", db], *commands]
     if u.password:
-        cmds.insert(0, ["AUTH", *( [u.username] if u.username else []), u.password])
+        cmds.insert(0, ["AUTH", *([u.username] if u.username else []), u.password])
     payload = b"".join(
-        f"*{len(c)}\r\n".encode() + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in c) for c in cmds
+        f"*{len(c)}\r\n".encode() + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in c)
+        for c in cmds
     )
     with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=timeout) as s:
         s.sendall(payload)
@@ -132,7 +133,9 @@ class CeleryStack(Stack):
     def __init__(self, config: StackConfig, celery: CeleryOptions | None = None, log=None):
         config.executor = "CeleryExecutor"
         if config.backend != "postgres":
-            raise StackError("the CeleryExecutor stack needs backend='postgres' (metadata DB + result backend)")
+            raise StackError(
+                "the CeleryExecutor stack needs backend='postgres' (metadata DB + result backend)"
+            )
         # PyJWT 2.10+ (the constraints pin 2.15) refuses `iss: None`, which 3.1.3's GET /auth/token (simple auth
         # manager, all admins) produces when no issuer is configured -> HTTP 500. An issuer fixes it.
         config.config.setdefault(("api_auth", "jwt_issuer"), "memseries-stack")
@@ -160,8 +163,13 @@ class CeleryStack(Stack):
                 "with kombu.Connection(sys.argv[1]) as c:\n"
                 "    c.default_channel.queue_delete(sys.argv[2])\n"
             )
-            subprocess.run([str(self.python), "-c", code, self.celery.broker_url, self.queue],
-                           capture_output=True, timeout=60, start_new_session=True)
+            subprocess.run(
+                [str(self.python), "-c", code, self.celery.broker_url, self.queue],
+                check=False,
+                capture_output=True,
+                timeout=60,
+                start_new_session=True,
+            )
 
     def _prepare_home(self) -> None:
         super()._prepare_home()
@@ -187,12 +195,18 @@ class CeleryStack(Stack):
                 env[UNFREEZE_ENV] = "1"
                 env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] = "memseries_celery.CELERY_CONFIG"
             argv = [
-                str(self.airflow), "celery", "worker",
-                "--celery-hostname", host,
-                "--concurrency", str(self.celery.concurrency),
+                str(self.airflow),
+                "celery",
+                "worker",
+                "--celery-hostname",
+                host,
+                "--concurrency",
+                str(self.celery.concurrency),
                 "--skip-serve-logs",
-                "--queues", self.queue,
-                "--pid", f"airflow-{name}.pid",  # relative to the cwd = AIRFLOW_HOME; one per worker
+                "--queues",
+                self.queue,
+                "--pid",
+                f"airflow-{name}.pid",  # relative to the cwd = AIRFLOW_HOME; one per worker
                 *self.celery.worker_args,
             ]
             comps.append(Component(name, argv, env))

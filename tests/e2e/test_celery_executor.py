@@ -29,7 +29,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from memseries.celery_stack import CeleryOptions, CeleryStack, redis_command
 from memseries.stack import StackConfig, postgres_unreachable, tail
 
@@ -161,13 +160,17 @@ def test_dag_changed_while_runs_in_flight(stack):
         def holding() -> bool:
             for r in run_ids:
                 tis = _tis(stack, VERSIONED_DAG, r)
-                if tis.get("first", {}).get("state") != "success" or tis.get("hold", {}).get("state") != "running":
+                if (
+                    tis.get("first", {}).get("state") != "success"
+                    or tis.get("hold", {}).get("state") != "running"
+                ):
                     return False
             return True
 
         stack.wait_for(holding, 120, "both runs: `first` done and `hold` running")
         versions = stack.query(
-            "SELECT id, version_number FROM dag_version WHERE dag_id = %s ORDER BY version_number", (VERSIONED_DAG,)
+            "SELECT id, version_number FROM dag_version WHERE dag_id = %s ORDER BY version_number",
+            (VERSIONED_DAG,),
         )
         assert len(versions) == 1, versions
         v1 = versions[0][0]
@@ -235,7 +238,9 @@ def test_sigkill_celery_worker_no_task_instance_lost(stack):
             tis = _tis(stack, KILL_DAG, run_id)
             return len(tis) == 4 and all(t["state"] == "running" for t in tis.values())
 
-        stack.wait_for(lambda: all_running() and running_on_victim(), 150, "the kill DAG's tasks running on both")
+        stack.wait_for(
+            lambda: all_running() and running_on_victim(), 150, "the kill DAG's tasks running on both"
+        )
         victims = {t["task_id"]: t for t in running_on_victim()}
         killed = stack.kill_worker(victim)
         killed_at = time.time()
@@ -243,7 +248,9 @@ def test_sigkill_celery_worker_no_task_instance_lost(stack):
         assert not _alive(killed), f"processes of the killed worker still alive: {_alive(killed)}"
         (marks / "release-kill").write_text("go")  # the tasks on the surviving worker may finish now
 
-        stack.wait_for(lambda: _run_state(stack, KILL_DAG, run_id) in ("success", "failed"), 240, "the run to end")
+        stack.wait_for(
+            lambda: _run_state(stack, KILL_DAG, run_id) in ("success", "failed"), 240, "the run to end"
+        )
         print(f"kill run ended {time.time() - killed_at:.0f}s after the kill")
         final = _tis(stack, KILL_DAG, run_id)
         history = stack.query(
@@ -264,6 +271,10 @@ def test_sigkill_celery_worker_no_task_instance_lost(stack):
             # ... and a later try completed it on the surviving worker
             assert final[task_id]["try_number"] > before["try_number"], (task_id, final[task_id])
             assert final[task_id]["hostname"] == survivor_host, (task_id, final[task_id])
-        stuck = stack.query("SELECT dag_id, task_id, state FROM task_instance WHERE state IN ('queued', 'running')")
+        stuck = stack.query(
+            "SELECT dag_id, task_id, state FROM task_instance WHERE state IN ('queued', 'running')"
+        )
         assert not stuck, stuck
-        assert stack.procs[survivor].poll() is None, f"the surviving worker died:\n{stack.worker_log(survivor)}"
+        assert stack.procs[survivor].poll() is None, (
+            f"the surviving worker died:\n{stack.worker_log(survivor)}"
+        )

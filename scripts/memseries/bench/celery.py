@@ -38,24 +38,33 @@ MB = 1e6
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_build_arguments(parser)
-    parser.add_argument("--duration", type=float, default=120.0, help="seconds of load per run, after workers are ready (120)")
-    parser.add_argument("--age", type=float, default=20.0, help="forced full gc.collect() every N s in forked children (20)")
+    parser.add_argument(
+        "--duration", type=float, default=120.0, help="seconds of load per run, after workers are ready (120)"
+    )
+    parser.add_argument(
+        "--age", type=float, default=20.0, help="forced full gc.collect() every N s in forked children (20)"
+    )
     parser.add_argument("--interval", type=float, default=2.0, help="memory sampling interval in s (2)")
     parser.add_argument("--workers", type=int, default=2, help="celery workers (2)")
     parser.add_argument("--concurrency", type=int, default=2, help="pool processes per worker (2)")
     parser.add_argument(
-        "--parallelism", type=int, default=2,
+        "--parallelism",
+        type=int,
+        default=2,
         help="[core] parallelism (2): fewer tasks in flight than pool processes, so each pool process is idle "
         "(no task child) often enough to be sampled alone",
     )
     parser.add_argument("--broker", default=DEFAULT_BROKER, help=f"celery broker URL ({DEFAULT_BROKER})")
     parser.add_argument("--dag", type=Path, default=EXAMPLE_DAGS / "busy_python.py", help="DAG file to run")
     parser.add_argument(
-        "--patched-venv", type=Path,
+        "--patched-venv",
+        type=Path,
         help="use this venv as the patched build instead of the series venv (e.g. while the series is in flux)",
     )
     parser.add_argument(
-        "--no-control", action="store_true", help="skip the run with the provider's pre-fork gc.freeze() undone"
+        "--no-control",
+        action="store_true",
+        help="skip the run with the provider's pre-fork gc.freeze() undone",
     )
 
 
@@ -90,7 +99,10 @@ def _measure(name: str, build: common.Build, unfreeze: bool, args, prog, task) -
         age_interval=args.age,
     )
     options = CeleryOptions(
-        workers=args.workers, concurrency=args.concurrency, broker_url=args.broker, unfreeze_pool=unfreeze,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        broker_url=args.broker,
+        unfreeze_pool=unfreeze,
         sample_interval=args.interval,
         sample_roles=["pool", *(f"{WORKER_PREFIX}{i}" for i in range(1, args.workers + 1))],
     )
@@ -172,8 +184,18 @@ def run(args) -> int:
     md = out_dir / "results.md"
     names = [n for n, _, _ in runs]
 
-    headers = ["run", "worker", "pool pid", "USS at fork MB", "PSS young MB", "PSS aged MB", "USS young MB",
-               "USS aged MB", "USS growth MB", "forced collections (median ms)"]
+    headers = [
+        "run",
+        "worker",
+        "pool pid",
+        "USS at fork MB",
+        "PSS young MB",
+        "PSS aged MB",
+        "USS young MB",
+        "USS aged MB",
+        "USS growth MB",
+        "forced collections (median ms)",
+    ]
     rows = []
     summaries = {}
     for name in names:
@@ -190,9 +212,20 @@ def run(args) -> int:
                 pss_a.append(a["pss"])
             colls += p["collections_ms"]
             c = p["collections_ms"]
-            rows.append([name, p["worker"], pid, _fmt(p["fork_uss"]), _fmt(y and y["pss"]), _fmt(a and a["pss"]), _fmt(y and y["uss"]),
-                         _fmt(a and a["uss"]), _fmt(g),
-                         f"{len(c)} ({statistics.median(c):.0f})" if c else "0"])
+            rows.append(
+                [
+                    name,
+                    p["worker"],
+                    pid,
+                    _fmt(p["fork_uss"]),
+                    _fmt(y and y["pss"]),
+                    _fmt(a and a["pss"]),
+                    _fmt(y and y["uss"]),
+                    _fmt(a and a["uss"]),
+                    _fmt(g),
+                    f"{len(c)} ({statistics.median(c):.0f})" if c else "0",
+                ]
+            )
         mains = _mains(raw[name])
         summaries[name] = {
             "pool": len(pool),
@@ -207,31 +240,50 @@ def run(args) -> int:
             "tasks_ok": raw[name]["tasks"].get("success", 0),
             "tasks_failed": raw[name]["tasks"].get("failed", 0),
         }
-    title = (f"celery: per pool process, aged (workers {args.workers} x concurrency {args.concurrency}, "
-             f"{args.duration:.0f} s of load, full gc.collect() every {args.age:g} s in forked children)")
+    title = (
+        f"celery: per pool process, aged (workers {args.workers} x concurrency {args.concurrency}, "
+        f"{args.duration:.0f} s of load, full gc.collect() every {args.age:g} s in forked children)"
+    )
     common.print_table(title, headers, rows)
     common.write_markdown_table(md, title, headers, rows)
 
     base = summaries.get("3.1.3")
-    headers = ["run", "pool processes (measured)", "tasks ok", "USS at fork MB", "USS young -> aged MB (mean)",
-               "USS growth MB",
-               "vs 3.1.3", "aged pool PSS MB (sum)", "vs 3.1.3", "worker main PSS MB (sum)",
-               "pool full collection ms (median)"]
+    headers = [
+        "run",
+        "pool processes (measured)",
+        "tasks ok",
+        "USS at fork MB",
+        "USS young -> aged MB (mean)",
+        "USS growth MB",
+        "vs 3.1.3",
+        "aged pool PSS MB (sum)",
+        "vs 3.1.3",
+        "worker main PSS MB (sum)",
+        "pool full collection ms (median)",
+    ]
     rows = []
     for name in names:
         s = summaries[name]
         ok = f"{s['tasks_ok']}" + (f" ({s['tasks_failed']} failed)" if s["tasks_failed"] else "")
-        rows.append([
-            name, f"{s['pool']} ({s['measured']})", ok, _fmt(s["uss_fork"]),
-            f"{_fmt(s['uss_young'])} -> {_fmt(s['uss_aged'])}", _fmt(s["uss_growth"]),
-            common.ratio(s["uss_growth"], base["uss_growth"]) if base and s["uss_growth"] is not None
-            and base["uss_growth"] else "-",
-            _fmt(s["pss_aged_total"]),
-            common.ratio(s["pss_aged_total"], base["pss_aged_total"]) if base and s["pss_aged_total"]
-            and base["pss_aged_total"] else "-",
-            _fmt(s["main_pss"]),
-            f"{s['collect_ms']:.0f}" if s["collect_ms"] is not None else "-",
-        ])
+        rows.append(
+            [
+                name,
+                f"{s['pool']} ({s['measured']})",
+                ok,
+                _fmt(s["uss_fork"]),
+                f"{_fmt(s['uss_young'])} -> {_fmt(s['uss_aged'])}",
+                _fmt(s["uss_growth"]),
+                common.ratio(s["uss_growth"], base["uss_growth"])
+                if base and s["uss_growth"] is not None and base["uss_growth"]
+                else "-",
+                _fmt(s["pss_aged_total"]),
+                common.ratio(s["pss_aged_total"], base["pss_aged_total"])
+                if base and s["pss_aged_total"] and base["pss_aged_total"]
+                else "-",
+                _fmt(s["main_pss"]),
+                f"{s['collect_ms']:.0f}" if s["collect_ms"] is not None else "-",
+            ]
+        )
     title = "celery: per-run summary (pool processes: USS mean per process, PSS summed; aged = after 2 collections)"
     common.print_table(title, headers, rows)
     common.write_markdown_table(md, title, headers, rows)
@@ -255,18 +307,32 @@ def _plot(path: Path, names: list[str], raw: dict, args) -> None:
         for i, p in enumerate(_pool(raw[name]).values()):
             quiet = [(t, u, s) for t, u, s, kids in p["series"] if kids == 0]
             ts = [t for t, _, _ in quiet]
-            ax_uss.plot(ts, [u / MB for _, u, _ in quiet], color=colors[name], lw=1, alpha=0.8,
-                        label=name if i == 0 else None)
-            ax_pss.plot(ts, [s / MB for _, _, s in quiet], color=colors[name], lw=1, alpha=0.8,
-                        label=name if i == 0 else None)
+            ax_uss.plot(
+                ts,
+                [u / MB for _, u, _ in quiet],
+                color=colors[name],
+                lw=1,
+                alpha=0.8,
+                label=name if i == 0 else None,
+            )
+            ax_pss.plot(
+                ts,
+                [s / MB for _, _, s in quiet],
+                color=colors[name],
+                lw=1,
+                alpha=0.8,
+                label=name if i == 0 else None,
+            )
     for ax in (ax_uss, ax_pss):
         ax.set_xlabel("seconds since the stack was up (samples with no live task child)")
         ax.legend(fontsize=8)
     ax_uss.set_ylabel("MB")
     ax_uss.set_title("USS of each celery pool process")
     ax_pss.set_title("PSS of each celery pool process")
-    fig.suptitle(f"CeleryExecutor, {args.workers} workers x concurrency {args.concurrency}, "
-                 f"forced full collection every {args.age:g} s")
+    fig.suptitle(
+        f"CeleryExecutor, {args.workers} workers x concurrency {args.concurrency}, "
+        f"forced full collection every {args.age:g} s"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
