@@ -48,7 +48,7 @@ def make_workspace(base_version: str, target: Path, upto: int | None = None) -> 
     git(target, "tag", "base")
     patches = base.series() if base.patched else []
     for p in patches[:upto]:
-        git(target, "am", "-q", "--keep-cr", str(p))
+        git(target, "am", "-q", "-3", "--keep-cr", str(p))  # -3: restacking after an earlier patch moved lines
     return target
 
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from memseries import paths
 from memseries.errors import SeriesError
 
 PAYLOADS = Path(__file__).parent / "payloads"
-console = Console()
+# Without a terminal rich would squeeze tables to 80 columns; benchmark tables are wide.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 @dataclass(frozen=True)
