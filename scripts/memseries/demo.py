@@ -102,6 +102,10 @@ class RunResult:
     gc_times: dict[str, list[float]]  # role -> durations of forced full collections
     error: str | None = None
     warmup: float = 0.0  # seconds after start when the first task run succeeded
+    age: float = 0.0  # seconds between forced collections in forked children
+    fork_uss: dict[int, int] = dataclasses.field(default_factory=dict)  # pid -> USS right after its fork
+    failed_tasks: list[tuple] = dataclasses.field(default_factory=list)  # (dag_id, task_id, count)
+    log_tails: dict[str, str] = dataclasses.field(default_factory=dict)  # component -> last lines of its log
 
 
 def run_stack(build: DemoBuild, args, progress=None, log=print) -> RunResult:
@@ -119,6 +123,9 @@ def run_stack(build: DemoBuild, args, progress=None, log=print) -> RunResult:
     samples: list[Sample] = []
     counts: dict[str, int] = {}
     gc_times: dict[str, list[float]] = {}
+    fork_uss: dict[int, int] = {}
+    failed: list[tuple] = []
+    log_tails: dict[str, str] = {}
     error = None
     warmup = 0.0
     task = progress.add_task(f"{build.label}: starting", total=args.duration) if progress else None
@@ -156,13 +163,23 @@ def run_stack(build: DemoBuild, args, progress=None, log=print) -> RunResult:
                 gc_times.setdefault(role, []).extend(d for _, d in entries)
             sampler.stop()
             samples = sampler.snapshot()
+            fork_uss = stack.fork_uss()
+            failed = [tuple(r) for r in stack.query(
+                "SELECT dag_id, task_id, count(*) FROM task_instance WHERE state IN ('failed', 'upstream_failed') "
+                "GROUP BY dag_id, task_id"
+            )]
+            for name, path in stack.logfiles.items():
+                log_tails[name] = tail(path, 300)
     except StackError as e:
         error = str(e)
         log(f"[red]{build.label}: {e}[/red]" if progress else f"{build.label}: {e}")
+        for name, path in stack.logfiles.items():
+            log_tails.setdefault(name, tail(path, 300))
     finally:
         if progress is not None and task is not None:
             progress.update(task, completed=args.duration)
-    return RunResult(build, args.duration, samples, counts, gc_times, error, warmup)
+    return RunResult(build, args.duration, samples, counts, gc_times, error, warmup, args.age or 0.0, fork_uss,
+                     failed, log_tails)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -185,9 +202,23 @@ class ProcRow:
 
 
 def _settled(samples: list[Sample]) -> list[Sample]:
-    """Samples of a process that had no child at the time (a forked child makes shared pages look non-unique)."""
+    """Samples of a process taken while it had no child process.
+
+    A forked child shares its parent's pages until one of them writes: while a worker runs a task process (or
+    the dag-processor a parse process), the parent's USS drops and its PSS is split, by however much they
+    share. Processes that always have children (the scheduler with its workers) keep all their samples.
+    """
     calm = [s for s in samples if s.children == 0]
     return calm or samples
+
+
+def _start_end(ss: list[Sample], fork_uss: int | None = None) -> tuple[float, float, float, float]:
+    """(PSS start, PSS end, USS start, USS end) in MiB. End = the highest of the last few settled samples (sharing
+    with a child only ever understates); start USS = what the process measured itself right after its fork,
+    when the harness knows it."""
+    tail_ = ss[-3:]
+    uss0 = mib(fork_uss) if fork_uss else mib(ss[0].uss)
+    return mib(ss[0].pss), mib(max(s.pss for s in tail_)), uss0, mib(max(s.uss for s in tail_))
 
 
 def process_rows(res: RunResult, per_worker: bool = True) -> list[ProcRow]:
@@ -200,31 +231,31 @@ def process_rows(res: RunResult, per_worker: bool = True) -> list[ProcRow]:
         for pid, ss in by_pid.items():
             if ss[0].role != role:
                 continue
-            ss = [s for s in ss if s.t >= warm] or ss
-            rows.append(ProcRow(res.build.label, role, 1, mib(ss[0].pss), mib(ss[-1].pss), mib(ss[0].uss), mib(ss[-1].uss)))
+            ss = _settled([s for s in ss if s.t >= warm] or ss)
+            rows.append(ProcRow(res.build.label, role, 1, *_start_end(ss)))
     workers = [(pid, _settled(ss)) for pid, ss in by_pid.items() if ss[0].role == "worker"]
     workers.sort(key=lambda item: item[1][0].t)
     long_workers = [(pid, ss) for pid, ss in workers if len(ss) >= 2]
+    worker_rows = [ProcRow(res.build.label, f"worker {i}", 1, *_start_end(ss, res.fork_uss.get(pid)))
+                   for i, (pid, ss) in enumerate(long_workers, 1)]
     if per_worker:
-        for i, (pid, ss) in enumerate(long_workers, 1):
-            rows.append(ProcRow(res.build.label, f"worker {i}", 1, mib(ss[0].pss), mib(ss[-1].pss),
-                                mib(ss[0].uss), mib(ss[-1].uss)))
-    if long_workers:
-        rows.append(_mean_row(res.build.label, "workers (mean)", long_workers))
-    parse = [(pid, ss) for pid, ss in by_pid.items() if ss[0].role == "parse"]
+        rows += worker_rows
+    if worker_rows:
+        rows.append(_mean_row(res.build.label, "workers (mean)", worker_rows))
+    parse = [ProcRow(res.build.label, "parse", 1, *_start_end(ss, res.fork_uss.get(pid)))
+             for pid, ss in by_pid.items() if ss[0].role == "parse"]
     if parse:
         rows.append(_mean_row(res.build.label, "parse children (mean)", parse))
     return rows
 
 
-def _mean_row(label: str, name: str, groups: list[tuple[int, list[Sample]]]) -> ProcRow:
+def _mean_row(label: str, name: str, rows: list[ProcRow]) -> ProcRow:
     def m(values):
         return statistics.fmean(values) if values else 0.0
 
     return ProcRow(
-        label, name, len(groups),
-        m([mib(ss[0].pss) for _, ss in groups]), m([mib(ss[-1].pss) for _, ss in groups]),
-        m([mib(ss[0].uss) for _, ss in groups]), m([mib(ss[-1].uss) for _, ss in groups]),
+        label, name, len(rows),
+        m([r.pss0 for r in rows]), m([r.pss1 for r in rows]), m([r.uss0 for r in rows]), m([r.uss1 for r in rows]),
     )
 
 
@@ -237,6 +268,16 @@ def total_pss_series(res: RunResult, roles=None) -> tuple[list[float], list[floa
         ticks[s.t] = ticks.get(s.t, 0.0) + mib(s.pss)
     ts = sorted(ticks)
     return ts, [ticks[t] for t in ts]
+
+
+def worker_uss_series(res: RunResult) -> tuple[list[float], list[float]]:
+    """Mean USS (MiB) of the LocalExecutor workers at each tick, over workers without a task child then."""
+    ticks: dict[float, list[float]] = {}
+    for s in res.samples:
+        if s.role == "worker" and s.children == 0:
+            ticks.setdefault(s.t, []).append(mib(s.uss))
+    ts = sorted(ticks)
+    return ts, [statistics.fmean(ticks[t]) for t in ts]
 
 
 def summary_row(res: RunResult) -> list[str]:
@@ -255,6 +296,13 @@ def summary_row(res: RunResult) -> list[str]:
         res.error.splitlines()[0][:60] if res.error else "ok",
     ]
 
+
+NOTES = """Notes: MiB. Workers' "USS start" is what each worker measured itself right after its fork (harness
+sitecustomize); other starts are the first sample after the first task run succeeded; "end" is the highest of the
+last three samples. A process's USS/PSS is taken from samples where it had no child process (a forked child shares
+its pages, which understates USS and splits PSS); the scheduler always has its workers, so its USS is
+understated by what it still shares with them. The total PSS is the honest sum over every process of the stack.
+"""
 
 SUMMARY_HEADERS = [
     "build", "task runs ok", "failed", "ok/min", "total PSS end MiB", "workers PSS max MiB",
@@ -318,6 +366,9 @@ def results_dir(name: str) -> Path:
 def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
     common = _common()
     if common is not None and hasattr(common, "print_table"):
+        console = getattr(common, "console", None)
+        if console is not None and not console.is_terminal and console.width < 160:
+            console.width = 160  # piped (make, CI logs): don't squeeze the columns into 80
         common.print_table(title, headers, rows)
         return
     from rich.console import Console
@@ -328,7 +379,10 @@ def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
         table.add_column(h, justify="left" if i < 2 else "right")
     for r in rows:
         table.add_row(*r)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    console.print(table)
 
 
 def markdown_table(title: str, headers: list[str], rows: list[list[str]]) -> str:
@@ -360,6 +414,15 @@ def plot(results: list[RunResult], path: Path, title: str) -> None:
             if r.process not in names and r.process != "workers (mean)":
                 names.append(r.process)
 
+    def order(name: str):
+        if name in LONG_LIVED:
+            return (0, LONG_LIVED.index(name))
+        if name.startswith("worker "):
+            return (1, int(name.split()[1]))
+        return (2, 0)
+
+    names.sort(key=order)
+
     fig, (ax_bar, ax_line) = plt.subplots(2, 1, figsize=(12, 10), gridspec_kw={"height_ratios": [3, 2]})
     n = len(per_build)
     height = 0.8 / max(1, n)
@@ -381,11 +444,12 @@ def plot(results: list[RunResult], path: Path, title: str) -> None:
 
     for res in results:
         c = colors.get(res.build.label, None)
-        ts, tot = total_pss_series(res, roles={"worker"})
-        ax_line.plot(ts, tot, color=c, label=f"{res.build.label}: LocalExecutor workers (sum PSS)")
+        ts, mean = worker_uss_series(res)
+        ax_line.plot(ts, mean, color=c, marker=".", label=f"{res.build.label}: LocalExecutor worker USS (mean)")
         ts, tot = total_pss_series(res, roles={"scheduler"})
         ax_line.plot(ts, tot, color=c, linestyle="--", label=f"{res.build.label}: scheduler PSS")
-    ax_line.set_xlabel("seconds since start")
+    ax_line.set_xlabel(f"seconds since start (workers aged by a forced gc.collect() every {results[0].age:g}s)"
+                       if results and results[0].age else "seconds since start")
     ax_line.set_ylabel("MiB")
     ax_line.legend(fontsize=8)
     ax_line.grid(alpha=0.3)
@@ -407,6 +471,14 @@ def report(results: list[RunResult], name: str, title: str, per_worker: bool = T
     md += markdown_table(f"{title}: task runs and totals", SUMMARY_HEADERS, summ)
     if ratios:
         md += "\n" + "\n".join(f"- {line}" for line in ratios) + "\n"
+    md += "\n" + NOTES
+    for res in results:
+        if res.failed_tasks:
+            md += f"\nFailed task instances on {res.build.label}: " + ", ".join(
+                f"{d}.{t} x{n}" for d, t, n in res.failed_tasks) + "\n"
+            print(f"{res.build.label}: failed task instances: {res.failed_tasks} (logs in {out})")
+        for name, text in res.log_tails.items():
+            (out / f"log-{res.build.label}-{name}.txt").write_text(text)
     (out / "table.md").write_text(md)
     write_samples_csv(out / "samples.csv", results)
     png = out / f"{name}.png"

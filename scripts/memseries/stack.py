@@ -304,8 +304,9 @@ class Sampler(threading.Thread):
                 continue
             try:
                 proc = psutil.Process(info.pid)
+                before = len(proc.children())
                 m = proc.memory_full_info()
-                nkids = len(proc.children())
+                nkids = max(before, len(proc.children()))  # a child that came or went meanwhile counts too
             except psutil.Error:
                 continue
             out.append(Sample(now, info.pid, info.role, m.pss, m.uss, m.rss, info.title, time.time(), nkids))
@@ -618,10 +619,10 @@ class Stack:
         return proc.returncode
 
     def stop(self, grace: float = 20.0) -> None:
+        """Stop everything; idempotent. A signal arriving meanwhile runs a nested stop() that completes it."""
         with self._stop_lock:
             if self.stopped:
                 return
-            self.stopped = True
             try:
                 if self.sampler is not None:
                     self.sampler.stop()
@@ -632,6 +633,7 @@ class Stack:
                     self.stop_component(name, grace=grace)
                 self.kill_leftovers()
             finally:
+                self.stopped = True
                 if self._pg_db:
                     with contextlib.suppress(Exception):
                         self._drop_pg()

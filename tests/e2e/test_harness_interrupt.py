@@ -1,0 +1,92 @@
+"""Ctrl-C on the orchestrator: no process of the stack survives it.
+
+A child orchestrator (the tools venv's Python) starts a small stack from the venv under test -- dag-processor and
+scheduler with LocalExecutor, no api-server, so it is quick -- waits until the scheduler has forked its workers,
+reports every pid of the stack and idles. The test sends it SIGINT (what a terminal's Ctrl-C does) and then
+checks that none of those processes, nor anything else in the stack's sessions, is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+ORCHESTRATOR = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from memseries.stack import EXAMPLE_DAGS, Stack, StackConfig
+
+    st = Stack(StackConfig(venv=Path(sys.argv[2]), label="interrupt", parallelism=2, age_interval=5,
+                           components=["dag-processor", "scheduler"], dags=[EXAMPLE_DAGS / "busy_bash.py"]))
+    with st:
+        deadline = time.monotonic() + 150
+        while len(st.workers()) < 2 and time.monotonic() < deadline:
+            st.check_alive()
+            time.sleep(1)
+        procs = st.processes()
+        print(json.dumps({"pids": [p.pid for p in procs], "roles": sorted({p.role for p in procs}),
+                          "sids": sorted(st._sids), "home": str(st.home)}), flush=True)
+        while True:
+            time.sleep(1)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_interrupting_the_orchestrator_leaves_no_process(e2e_venv, tmp_path, sig):
+    script = tmp_path / "orchestrator.py"
+    script.write_text(ORCHESTRATOR)
+    orch = subprocess.Popen(
+        [sys.executable, str(script), str(REPO / "scripts"), str(e2e_venv)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    info = None
+    try:
+        line = orch.stdout.readline()  # blocks until the stack is up with its workers (or the child died)
+        assert line, f"orchestrator died before reporting: {orch.stderr.read()[-3000:]}"
+        info = json.loads(line)
+        assert "worker" in info["roles"], info
+        orch.send_signal(sig)
+        orch.wait(timeout=120)
+        gone, alive = psutil.wait_procs([_proc(p) for p in info["pids"] if _proc(p)], timeout=5)
+        assert not alive, f"survived the interrupted harness: {alive}"
+        in_sessions = [p for p in psutil.process_iter() if _sid(p.pid) in set(info["sids"])]
+        assert not in_sessions, f"left in the stack's sessions: {in_sessions}"
+        assert not Path(info["home"]).exists(), "the stack's AIRFLOW_HOME was not removed"
+        assert orch.returncode != 0  # interrupted, not a clean exit
+    finally:
+        if orch.poll() is None:
+            os.killpg(orch.pid, signal.SIGKILL)
+            orch.wait()
+        if info:  # never leave anything behind, even when an assertion failed
+            for pid in info["pids"]:
+                if p := _proc(pid):
+                    p.kill()
+        time.sleep(0)
+
+
+def _proc(pid: int):
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _sid(pid: int):
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
