@@ -55,14 +55,15 @@ def run(args) -> int:
     base = get_base(args.base)
     python = args.python or ensure_venv(base.version, patched=False) / "bin" / "python"
     unproven = 0
-    print(f"{'patch':48} {'test module':64} {'fail':>4} {'err':>4} {'pass':>4}  verdict")
+    print(f"{'patch':46} {'test module (airflow-core/tests/)':56} {'fail':>4} {'err':>4} {'pass':>4}  verdict")
     for patch in series.load(base):
         for module in series.test_modules(patch):
             c = outcomes(python, module, args.backend)
             ok = c["failed"] > 0
             unproven += not ok
             verdict = "proven (fails on the base)" if ok else "NOT PROVEN: nothing fails without the patch"
-            print(f"{patch.name[:48]:48} {module[-64:]:64} {c['failed']:>4} {c['errors']:>4} {c['passed']:>4}  {verdict}")
+            short = module.removeprefix("airflow-core/tests/")
+            print(f"{patch.name:46} {short:56} {c['failed']:>4} {c['errors']:>4} {c['passed']:>4}  {verdict}")
     if unproven:
         print(f"{unproven} test module(s) do not fail on the unpatched base {base.version}")
         return 1
