@@ -11,9 +11,11 @@ Configurations, in one invocation: unpatched 3.1.3; patched 3.1.3 with `[dag_pro
 3.3.2; and, unless --no-floor, patched with DAG files that import no library at all (the parse-process floor:
 what a parse costs when there is nothing left to preload).
 
-"first round" = the first parse of each file (nothing preloaded yet); "steady" = all later parses, where the
-medians in the table come from. Targets (issue 6): gc.collect in a parse process <= 1 ms; with preloading,
-parse wall time >= 5x faster and parse-process USS <= 1/3 of preload off.
+"first round" = the first parse of each file in a dag-processor run (nothing preloaded yet); "steady" = all
+later parses, where the medians in the table come from. With --repeat N, the configurations run N times,
+interleaved round by round (the machine may be shared), and their parses are pooled.
+Targets (issue 6): gc.collect in a parse process <= 1 ms; with preloading, parse wall time >= 5x faster and
+parse-process USS <= 1/3 of preload off.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallelism", type=int, default=2, help="[dag_processor] parsing_processes (2)")
     parser.add_argument(
         "--preload", default=PRELOAD, help=f"preload_modules for the preload-on run ({PRELOAD!r})"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds over all configurations, interleaved; parses pooled (1)"
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the patched run over library-free DAGs")
     parser.add_argument(
@@ -76,13 +81,15 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _summarise(res: dict) -> dict:
-    parses = sorted(res["parses"], key=lambda p: p["t_end"])
-    seen: set[str] = set()
-    first, steady = [], []
-    for p in parses:
-        (steady if p["file"] in seen else first).append(p)
-        seen.add(p["file"])
+def _summarise(results: list[dict]) -> dict:
+    """Pool the parses of every repetition of one configuration."""
+    parses, first, steady = [], [], []
+    for res in results:
+        seen: set[str] = set()
+        for p in sorted(res["parses"], key=lambda p: p["t_end"]):
+            (steady if p["file"] in seen else first).append(p)
+            seen.add(p["file"])
+            parses.append(p)
     steady = steady or first
     return {
         "n": len(parses),
@@ -96,7 +103,7 @@ def _summarise(res: dict) -> dict:
         "tracked": _median([p["tracked_after_gc"] for p in steady]),
         "inherited": sum(1 for p in steady if p["numpy_inherited"]) / len(steady),
         "series_ms": [p["parse_s"] * 1000 for p in parses],
-        "manager_log": res.get("manager_log", []),
+        "manager_log": results[0].get("manager_log", []),
     }
 
 
@@ -104,24 +111,29 @@ def run(args) -> int:
     builds = _builds(args)
     configs = _configs(builds, args)
     out_dir = common.results_dir("dag-processor")
-    raw: dict[str, dict] = {}
+    raw: dict[str, list[dict]] = {}
     with common.progress() as prog:
-        task = prog.add_task("dag-processor", total=len(configs))
-        for name, build, extra in configs:
-            prog.update(task, description=name)
-            raw[name] = common.run_payload(
-                build,
-                PAYLOAD,
-                "--dags",
-                str(args.dags),
-                "--runs",
-                str(args.runs),
-                "--parallelism",
-                str(args.parallelism),
-                *extra,
-                timeout=900,
-            )
-            prog.advance(task)
+        task = prog.add_task("dag-processor", total=len(configs) * args.repeat)
+        # Configurations interleaved round by round, so that load from elsewhere on the machine
+        # spreads over all of them rather than skewing one.
+        for rep in range(args.repeat):
+            for name, build, extra in configs:
+                prog.update(task, description=f"{name} ({rep + 1}/{args.repeat})")
+                raw.setdefault(name, []).append(
+                    common.run_payload(
+                        build,
+                        PAYLOAD,
+                        "--dags",
+                        str(args.dags),
+                        "--runs",
+                        str(args.runs),
+                        "--parallelism",
+                        str(args.parallelism),
+                        *extra,
+                        timeout=900,
+                    )
+                )
+                prog.advance(task)
     (out_dir / "raw.json").write_text(json.dumps(raw, indent=1))
     agg = {name: _summarise(res) for name, res in raw.items()}
 
@@ -164,8 +176,8 @@ def run(args) -> int:
             ]
         )
     title = (
-        f"dag-processor: {args.dags} numpy DAG files x {args.runs} parses, parsing_processes "
-        f"{args.parallelism} (medians over steady parses; per parse process)"
+        f"dag-processor: {args.dags} numpy DAG files x {args.runs} parses x {args.repeat} round(s), "
+        f"parsing_processes {args.parallelism} (medians over steady parses; per parse process)"
     )
     common.print_table(title, headers, rows)
     md = out_dir / "results.md"
