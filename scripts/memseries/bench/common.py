@@ -47,21 +47,38 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(BUILD_CHOICES),
         help="comma-separated subset of base (unpatched 3.1.3), patched (3.1.3 + series), upstream (3.3.2)",
     )
+    parser.add_argument(
+        "--patched-python",
+        type=Path,
+        help="use this interpreter as the patched build instead of the series venv (e.g. a work venv)",
+    )
+    parser.add_argument(
+        "--base-python",
+        type=Path,
+        help="use this interpreter as the unpatched build; give one installed the same way as --patched-python "
+        "when comparing PSS (venvs hard-linked to uv's cache share pages with each other)",
+    )
 
 
 def builds(args: argparse.Namespace | None = None) -> list[Build]:
-    """The builds to compare, their venvs made (or reused) first."""
+    """The builds to compare, their venvs made (or reused) first, unless --base/--patched-python replace them."""
     from memseries.venv import ensure_venv, local_version
 
     wanted = (getattr(args, "builds", None) or ",".join(BUILD_CHOICES)).split(",")
     unknown = [w for w in wanted if w not in BUILD_CHOICES]
     if unknown:
         raise SeriesError(f"unknown build(s) {unknown}: choose from {', '.join(BUILD_CHOICES)}")
+    base_python = getattr(args, "base_python", None)
+    patched_python = getattr(args, "patched_python", None)
     out = []
     for w in BUILD_CHOICES:
         if w not in wanted:
             continue
-        if w == "base":
+        if w == "base" and base_python:
+            out.append(Build("3.1.3", base_python.absolute(), False))
+        elif w == "patched" and patched_python:
+            out.append(Build(local_version("3.1.3"), patched_python.absolute(), True))
+        elif w == "base":
             out.append(Build("3.1.3", ensure_venv("3.1.3", patched=False) / "bin" / "python", False))
         elif w == "patched":
             out.append(Build(local_version("3.1.3"), ensure_venv("3.1.3", patched=True) / "bin" / "python", True))

@@ -43,22 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeat", type=int, default=1, help="rounds over all configurations, interleaved; parses pooled (1)"
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the patched run over library-free DAGs")
-    parser.add_argument(
-        "--patched-python",
-        type=Path,
-        help="use this interpreter as the patched build instead of the series venv (e.g. a work venv)",
-    )
 
-
-def _builds(args) -> list[common.Build]:
-    if not args.patched_python:
-        return common.builds(args)
-    wanted = [w for w in args.builds.split(",") if w != "patched"]
-    out = common.builds(argparse.Namespace(builds=",".join(wanted))) if wanted else []
-    patched = common.Build("3.1.3+memfix", args.patched_python.absolute(), True)
-    if "patched" in args.builds.split(","):
-        out.insert(1 if out and out[0].label == "3.1.3" else 0, patched)
-    return out
 
 
 def _configs(builds: list[common.Build], args) -> list[tuple[str, common.Build, list[str]]]:
@@ -108,7 +93,7 @@ def _summarise(results: list[dict]) -> dict:
 
 
 def run(args) -> int:
-    builds = _builds(args)
+    builds = common.builds(args)
     configs = _configs(builds, args)
     out_dir = common.results_dir("dag-processor")
     raw: dict[str, list[dict]] = {}

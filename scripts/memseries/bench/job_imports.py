@@ -34,32 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per build; the median of runs is kept (1)"
     )
-    parser.add_argument(
-        "--patched-python",
-        type=Path,
-        help="use this interpreter as the patched build instead of the series venv (e.g. a work venv)",
-    )
-    parser.add_argument(
-        "--base-python",
-        type=Path,
-        help="use this interpreter as the unpatched build; give one installed the same way as --patched-python "
-        "(a venv whose files are hard links shared with other processes shows lower USS/PSS than a copied one)",
-    )
 
-
-def _builds(args) -> list[common.Build]:
-    overrides = {}
-    if args.base_python:
-        overrides["base"] = common.Build("3.1.3", args.base_python.absolute(), False)
-    if args.patched_python:
-        overrides["patched"] = common.Build("3.1.3+memfix", args.patched_python.absolute(), True)
-    wanted = args.builds.split(",")
-    made = iter(
-        common.builds(argparse.Namespace(builds=",".join(w for w in wanted if w not in overrides)))
-        if any(w not in overrides for w in wanted)
-        else []
-    )
-    return [overrides[w] if w in overrides else next(made) for w in common.BUILD_CHOICES if w in wanted]
 
 
 def _median(values: list[float]) -> float:
@@ -69,7 +44,7 @@ def _median(values: list[float]) -> float:
 
 
 def run(args) -> int:
-    builds = _builds(args)
+    builds = common.builds(args)
     components = args.components.split(",")
     out_dir = common.results_dir("job-imports")
     raw: dict[str, list[dict]] = {}

@@ -44,25 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dags", type=int, default=200, help="DAGs in the scheduler-like heap (200)")
     parser.add_argument("--tasks", type=int, default=50, help="tasks per DAG (50)")
     parser.add_argument(
-        "--patched-python",
-        type=Path,
-        help="use this interpreter as the patched build instead of the series venv (e.g. a work venv)",
-    )
-    parser.add_argument(
         "--check-targets", action="store_true", help="exit 1 when a target of issue 3 is missed"
     )
 
-
-def _builds(args) -> list[common.Build]:
-    if not args.patched_python:
-        return common.builds(args)
-    wanted = args.builds.split(",")
-    others = [w for w in wanted if w != "patched"]
-    out = common.builds(argparse.Namespace(builds=",".join(others))) if others else []
-    if "patched" in wanted:
-        patched = common.Build("3.1.3+memfix", args.patched_python.absolute(), True)
-        out.insert(1 if out and out[0].label == "3.1.3" else 0, patched)
-    return out
 
 
 def _workers(res: dict) -> dict[str, dict]:
@@ -109,7 +93,7 @@ def _summary(res: dict) -> dict:
 
 
 def run(args) -> int:
-    builds = _builds(args)
+    builds = common.builds(args)
     out_dir = common.results_dir("local-executor")
     raw: dict[str, dict] = {}
     payload_args = [

@@ -43,22 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("MEMSERIES_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
         help="PostgreSQL server (trust auth); each payload creates and drops its own database",
     )
-    parser.add_argument(
-        "--patched-python",
-        type=Path,
-        help="use this interpreter as the patched build instead of the series venv (e.g. a work venv)",
-    )
 
-
-def _builds(args) -> list[common.Build]:
-    if not args.patched_python:
-        return common.builds(args)
-    wanted = [w for w in args.builds.split(",") if w != "patched"]
-    out = common.builds(argparse.Namespace(builds=",".join(wanted))) if wanted else []
-    patched = common.Build("3.1.3+memfix", args.patched_python.absolute(), True)
-    if "patched" in args.builds.split(","):
-        out.insert(1 if out and out[0].label == "3.1.3" else 0, patched)
-    return out
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -183,7 +168,7 @@ def _plot(
 
 
 def run(args) -> int:
-    builds = _builds(args)
+    builds = common.builds(args)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in backends:
         if b not in ("sqlite", "postgres"):
