@@ -96,7 +96,13 @@ def celery_classify(component: str, proc: psutil.Process, title: str, parent_rol
         return default_classify(component, proc, title, parent_role)
     if parent_role in ("pool", "task"):
         return "task"  # forked by a pool process's task supervisor (or below it)
-    if "ForkPoolWorker" in title:
+    # a prefork pool process: billiard titles it "[celeryd: NAME:ForkPoolWorker-N]"; Airflow >= 3.3 retitles it
+    # "airflow supervisor: ..." when it runs a task (and never back); the provider's pre-3.3 path "airflow task
+    # supervisor: ..." (Airflow 2 only). Anything else the worker's main process starts (the stale-bundle cleanup
+    # helper, serve-logs) is a helper.
+    if parent_role == component and (
+        "ForkPoolWorker" in title or title.startswith(("airflow supervisor:", "airflow task supervisor:"))
+    ):
         return "pool"
     return "celery-worker-child"
 

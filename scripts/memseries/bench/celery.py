@@ -254,8 +254,8 @@ def run(args) -> int:
         "tasks ok",
         "USS at fork MB",
         "USS young -> aged MB (mean)",
+        "aged USS vs 3.1.3",
         "USS growth MB",
-        "vs 3.1.3",
         "aged pool PSS MB (sum)",
         "vs 3.1.3",
         "worker main PSS MB (sum)",
@@ -272,10 +272,10 @@ def run(args) -> int:
                 ok,
                 _fmt(s["uss_fork"]),
                 f"{_fmt(s['uss_young'])} -> {_fmt(s['uss_aged'])}",
-                _fmt(s["uss_growth"]),
-                common.ratio(s["uss_growth"], base["uss_growth"])
-                if base and s["uss_growth"] is not None and base["uss_growth"]
+                common.ratio(s["uss_aged"], base["uss_aged"])
+                if base and s["uss_aged"] and base["uss_aged"]
                 else "-",
+                _fmt(s["uss_growth"]),
                 _fmt(s["pss_aged_total"]),
                 common.ratio(s["pss_aged_total"], base["pss_aged_total"])
                 if base and s["pss_aged_total"] and base["pss_aged_total"]
