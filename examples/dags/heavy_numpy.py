@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import numpy as np
-
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG
 

@@ -13,6 +13,7 @@ The builds run one after the other (never side by side: they would share 2 cores
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import os
@@ -24,7 +25,9 @@ from pathlib import Path
 
 from memseries.stack import EXAMPLE_DAGS, REPO, Sample, Stack, StackConfig, StackError, mib, tail
 
-HELP = "run the real Airflow stack on unpatched and patched 3.1.3 (aged workers), print the memory table + PNG"
+HELP = (
+    "run the real Airflow stack on unpatched and patched 3.1.3 (aged workers), print the memory table + PNG"
+)
 
 LONG_LIVED = ("scheduler", "dag-processor", "api-server")
 
@@ -137,10 +140,8 @@ def run_stack(build: DemoBuild, args, progress=None, log=print) -> RunResult:
             while True:
                 now = time.monotonic()
                 stack.check_alive()
-                try:
+                with contextlib.suppress(Exception):  # a locked SQLite read is retried next tick
                     counts = stack.task_counts()
-                except Exception:  # noqa: BLE001 - a locked SQLite read is retried next tick
-                    pass
                 if not warmup and counts.get("success"):
                     warmup = now - stack.t0
                 if progress is not None:
@@ -164,10 +165,13 @@ def run_stack(build: DemoBuild, args, progress=None, log=print) -> RunResult:
             sampler.stop()
             samples = sampler.snapshot()
             fork_uss = stack.fork_uss()
-            failed = [tuple(r) for r in stack.query(
-                "SELECT dag_id, task_id, count(*) FROM task_instance WHERE state IN ('failed', 'upstream_failed') "
-                "GROUP BY dag_id, task_id"
-            )]
+            failed = [
+                tuple(r)
+                for r in stack.query(
+                    "SELECT dag_id, task_id, count(*) FROM task_instance WHERE state IN ('failed', 'upstream_failed') "
+                    "GROUP BY dag_id, task_id"
+                )
+            ]
             for name, path in stack.logfiles.items():
                 log_tails[name] = tail(path, 300)
     except StackError as e:
@@ -178,8 +182,19 @@ def run_stack(build: DemoBuild, args, progress=None, log=print) -> RunResult:
     finally:
         if progress is not None and task is not None:
             progress.update(task, completed=args.duration)
-    return RunResult(build, args.duration, samples, counts, gc_times, error, warmup, args.age or 0.0, fork_uss,
-                     failed, log_tails)
+    return RunResult(
+        build,
+        args.duration,
+        samples,
+        counts,
+        gc_times,
+        error,
+        warmup,
+        args.age or 0.0,
+        fork_uss,
+        failed,
+        log_tails,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -228,7 +243,7 @@ def process_rows(res: RunResult, per_worker: bool = True) -> list[ProcRow]:
     rows: list[ProcRow] = []
     warm = res.warmup or 0.0
     for role in LONG_LIVED:
-        for pid, ss in by_pid.items():
+        for ss in by_pid.values():
             if ss[0].role != role:
                 continue
             ss = _settled([s for s in ss if s.t >= warm] or ss)
@@ -236,14 +251,19 @@ def process_rows(res: RunResult, per_worker: bool = True) -> list[ProcRow]:
     workers = [(pid, _settled(ss)) for pid, ss in by_pid.items() if ss[0].role == "worker"]
     workers.sort(key=lambda item: item[1][0].t)
     long_workers = [(pid, ss) for pid, ss in workers if len(ss) >= 2]
-    worker_rows = [ProcRow(res.build.label, f"worker {i}", 1, *_start_end(ss, res.fork_uss.get(pid)))
-                   for i, (pid, ss) in enumerate(long_workers, 1)]
+    worker_rows = [
+        ProcRow(res.build.label, f"worker {i}", 1, *_start_end(ss, res.fork_uss.get(pid)))
+        for i, (pid, ss) in enumerate(long_workers, 1)
+    ]
     if per_worker:
         rows += worker_rows
     if worker_rows:
         rows.append(_mean_row(res.build.label, "workers (mean)", worker_rows))
-    parse = [ProcRow(res.build.label, "parse", 1, *_start_end(ss, res.fork_uss.get(pid)))
-             for pid, ss in by_pid.items() if ss[0].role == "parse"]
+    parse = [
+        ProcRow(res.build.label, "parse", 1, *_start_end(ss, res.fork_uss.get(pid)))
+        for pid, ss in by_pid.items()
+        if ss[0].role == "parse"
+    ]
     if parse:
         rows.append(_mean_row(res.build.label, "parse children (mean)", parse))
     return rows
@@ -254,8 +274,13 @@ def _mean_row(label: str, name: str, rows: list[ProcRow]) -> ProcRow:
         return statistics.fmean(values) if values else 0.0
 
     return ProcRow(
-        label, name, len(rows),
-        m([r.pss0 for r in rows]), m([r.pss1 for r in rows]), m([r.uss0 for r in rows]), m([r.uss1 for r in rows]),
+        label,
+        name,
+        len(rows),
+        m([r.pss0 for r in rows]),
+        m([r.pss1 for r in rows]),
+        m([r.uss0 for r in rows]),
+        m([r.uss1 for r in rows]),
     )
 
 
@@ -281,8 +306,8 @@ def worker_uss_series(res: RunResult) -> tuple[list[float], list[float]]:
 
 
 def summary_row(res: RunResult) -> list[str]:
-    ts, total = total_pss_series(res)
-    wts, wtot = total_pss_series(res, roles={"worker"})
+    _, total = total_pss_series(res)
+    _, wtot = total_pss_series(res, roles={"worker"})
     gc_w = res.gc_times.get("worker", [])
     rate = res.counts.get("success", 0) / max(1.0, (res.duration - res.warmup) / 60.0)
     return [
@@ -305,8 +330,14 @@ understated by what it still shares with them. The total PSS is the honest sum o
 """
 
 SUMMARY_HEADERS = [
-    "build", "task runs ok", "failed", "ok/min", "total PSS end MiB", "workers PSS max MiB",
-    "worker gc.collect() ms (median)", "status",
+    "build",
+    "task runs ok",
+    "failed",
+    "ok/min",
+    "total PSS end MiB",
+    "workers PSS max MiB",
+    "worker gc.collect() ms (median)",
+    "status",
 ]
 PROC_HEADERS = ["build", "process", "n", "PSS start", "PSS end", "USS start", "USS end", "USS growth"]
 
@@ -315,8 +346,18 @@ def proc_table(results: list[RunResult], per_worker: bool = True) -> list[list[s
     rows = []
     for res in results:
         for r in process_rows(res, per_worker=per_worker):
-            rows.append([r.build, r.process, str(r.n), f"{r.pss0:.1f}", f"{r.pss1:.1f}", f"{r.uss0:.1f}",
-                         f"{r.uss1:.1f}", f"{r.growth:+.1f}"])
+            rows.append(
+                [
+                    r.build,
+                    r.process,
+                    str(r.n),
+                    f"{r.pss0:.1f}",
+                    f"{r.pss1:.1f}",
+                    f"{r.uss0:.1f}",
+                    f"{r.uss1:.1f}",
+                    f"{r.growth:+.1f}",
+                ]
+            )
     return rows
 
 
@@ -325,8 +366,10 @@ def ratio_lines(results: list[RunResult]) -> list[str]:
     base = next((r for r in results if r.build.label == "3.1.3"), None)
     if base is None:
         return []
+
     def worker_mean(res):
         return next((r for r in process_rows(res) if r.process == "workers (mean)"), None)
+
     b = worker_mean(base)
     out = []
     for res in results:
@@ -394,10 +437,14 @@ def markdown_table(title: str, headers: list[str], rows: list[list[str]]) -> str
 def write_samples_csv(path: Path, results: list[RunResult]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["build", "t_s", "pid", "role", "pss_bytes", "uss_bytes", "rss_bytes", "children", "title"])
+        w.writerow(
+            ["build", "t_s", "pid", "role", "pss_bytes", "uss_bytes", "rss_bytes", "children", "title"]
+        )
         for res in results:
             for s in res.samples:
-                w.writerow([res.build.label, f"{s.t:.1f}", s.pid, s.role, s.pss, s.uss, s.rss, s.children, s.title])
+                w.writerow(
+                    [res.build.label, f"{s.t:.1f}", s.pid, s.role, s.pss, s.uss, s.rss, s.children, s.title]
+                )
 
 
 def plot(results: list[RunResult], path: Path, title: str) -> None:
@@ -445,11 +492,16 @@ def plot(results: list[RunResult], path: Path, title: str) -> None:
     for res in results:
         c = colors.get(res.build.label, None)
         ts, mean = worker_uss_series(res)
-        ax_line.plot(ts, mean, color=c, marker=".", label=f"{res.build.label}: LocalExecutor worker USS (mean)")
+        ax_line.plot(
+            ts, mean, color=c, marker=".", label=f"{res.build.label}: LocalExecutor worker USS (mean)"
+        )
         ts, tot = total_pss_series(res, roles={"scheduler"})
         ax_line.plot(ts, tot, color=c, linestyle="--", label=f"{res.build.label}: scheduler PSS")
-    ax_line.set_xlabel(f"seconds since start (workers aged by a forced gc.collect() every {results[0].age:g}s)"
-                       if results and results[0].age else "seconds since start")
+    ax_line.set_xlabel(
+        f"seconds since start (workers aged by a forced gc.collect() every {results[0].age:g}s)"
+        if results and results[0].age
+        else "seconds since start"
+    )
     ax_line.set_ylabel("MiB")
     ax_line.legend(fontsize=8)
     ax_line.grid(alpha=0.3)
@@ -474,11 +526,14 @@ def report(results: list[RunResult], name: str, title: str, per_worker: bool = T
     md += "\n" + NOTES
     for res in results:
         if res.failed_tasks:
-            md += f"\nFailed task instances on {res.build.label}: " + ", ".join(
-                f"{d}.{t} x{n}" for d, t, n in res.failed_tasks) + "\n"
+            md += (
+                f"\nFailed task instances on {res.build.label}: "
+                + ", ".join(f"{d}.{t} x{n}" for d, t, n in res.failed_tasks)
+                + "\n"
+            )
             print(f"{res.build.label}: failed task instances: {res.failed_tasks} (logs in {out})")
-        for name, text in res.log_tails.items():
-            (out / f"log-{res.build.label}-{name}.txt").write_text(text)
+        for component, text in res.log_tails.items():
+            (out / f"log-{res.build.label}-{component}.txt").write_text(text)
     (out / "table.md").write_text(md)
     write_samples_csv(out / "samples.csv", results)
     png = out / f"{name}.png"
@@ -495,16 +550,34 @@ def report(results: list[RunResult], name: str, title: str, per_worker: bool = T
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_duration: str) -> None:
-    parser.add_argument("--duration", type=parse_duration, default=parse_duration(default_duration),
-                        help=f"how long each stack runs after start-up (e.g. 90s, 3m, 1h; default {default_duration})")
-    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
-                        help="metadata database (postgres: a fresh database on 127.0.0.1:5432, dropped afterwards)")
-    parser.add_argument("--parallelism", type=int, default=4, help="[core] parallelism = LocalExecutor workers")
-    parser.add_argument("--age", type=float, default=30.0,
-                        help="seconds between forced gc.collect() in every forked child (0 = no aging; default 30)")
+    parser.add_argument(
+        "--duration",
+        type=parse_duration,
+        default=parse_duration(default_duration),
+        help=f"how long each stack runs after start-up (e.g. 90s, 3m, 1h; default {default_duration})",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="metadata database (postgres: a fresh database on 127.0.0.1:5432, dropped afterwards)",
+    )
+    parser.add_argument(
+        "--parallelism", type=int, default=4, help="[core] parallelism = LocalExecutor workers"
+    )
+    parser.add_argument(
+        "--age",
+        type=float,
+        default=30.0,
+        help="seconds between forced gc.collect() in every forked child (0 = no aging; default 30)",
+    )
     parser.add_argument("--sample-interval", type=float, default=5.0, help="seconds between memory samples")
-    parser.add_argument("--unpatched-venv", type=Path, help="use this venv as unpatched 3.1.3 instead of building it")
-    parser.add_argument("--patched-venv", type=Path, help="use this venv as patched 3.1.3 instead of building it")
+    parser.add_argument(
+        "--unpatched-venv", type=Path, help="use this venv as unpatched 3.1.3 instead of building it"
+    )
+    parser.add_argument(
+        "--patched-venv", type=Path, help="use this venv as patched 3.1.3 instead of building it"
+    )
     parser.add_argument("--upstream-venv", type=Path, help="use this venv as upstream 3.3.2")
 
 
@@ -533,8 +606,12 @@ def run_all(args, name: str, title: str) -> int:
     )
     results = []
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         for b in builds:
             results.append(run_stack(b, args, progress=progress, log=console.print))

@@ -228,6 +228,16 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _live_children(proc: psutil.Process) -> int:
+    """Children that are not zombies (a zombie shares no pages: it does not distort its parent's USS/PSS)."""
+    n = 0
+    for child in proc.children():
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                n += 1
+    return n
+
+
 def _getsid(pid: int) -> int | None:
     try:
         return os.getsid(pid)
@@ -304,9 +314,9 @@ class Sampler(threading.Thread):
                 continue
             try:
                 proc = psutil.Process(info.pid)
-                before = len(proc.children())
+                before = _live_children(proc)
                 m = proc.memory_full_info()
-                nkids = max(before, len(proc.children()))  # a child that came or went meanwhile counts too
+                nkids = max(before, _live_children(proc))  # a child that came or went meanwhile counts too
             except psutil.Error:
                 continue
             out.append(Sample(now, info.pid, info.role, m.pss, m.uss, m.rss, info.title, time.time(), nkids))
@@ -345,7 +355,7 @@ _HANDLERS_INSTALLED = False
 
 
 def _stop_all_live() -> None:
-    for stack in list(_LIVE):
+    for stack in _LIVE:
         with contextlib.suppress(Exception):
             stack.stop()
 
@@ -389,9 +399,9 @@ class StackError(RuntimeError):
 class Stack:
     """A running Airflow stack. Use as a context manager::
 
-        with Stack(StackConfig(venv=Path(".venv/airflow-3.1.3"))) as st:
-            st.wait_for_task_runs(100)
-            print(st.task_counts())
+    with Stack(StackConfig(venv=Path(".venv/airflow-3.1.3"))) as st:
+        st.wait_for_task_runs(100)
+        print(st.task_counts())
     """
 
     def __init__(
@@ -454,7 +464,9 @@ class Stack:
         if not self.airflow.exists():
             raise StackError(f"no airflow in {self.venv} (expected {self.airflow})")
         self.home = Path(
-            tempfile.mkdtemp(prefix=f"memseries-stack-{self.cfg.label or self.venv.name}-", dir=self.cfg.home_parent)
+            tempfile.mkdtemp(
+                prefix=f"memseries-stack-{self.cfg.label or self.venv.name}-", dir=self.cfg.home_parent
+            )
         )
         (self.home / "logs").mkdir()
         self.dags_dir.mkdir()
@@ -566,8 +578,13 @@ class Stack:
         out = open(logf, "ab")
         try:
             proc = subprocess.Popen(
-                comp.argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.home,
+                comp.argv,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.home,
             )
         finally:
             out.close()
@@ -592,7 +609,9 @@ class Stack:
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(1)
-        raise StackError(f"api-server did not answer on port {self.port}:\n{tail(self.logfiles['api-server'])}")
+        raise StackError(
+            f"api-server did not answer on port {self.port}:\n{tail(self.logfiles['api-server'])}"
+        )
 
     def check_alive(self, names: Iterable[str] | None = None) -> None:
         for name in names or list(self.procs):
@@ -628,7 +647,9 @@ class Stack:
                     self.sampler.stop()
                 # scheduler first (it waits for its workers), then the rest, in reverse start order
                 names = list(self.procs)
-                order = [n for n in ("scheduler",) if n in names] + [n for n in reversed(names) if n != "scheduler"]
+                order = [n for n in ("scheduler",) if n in names] + [
+                    n for n in reversed(names) if n != "scheduler"
+                ]
                 for name in order:
                     self.stop_component(name, grace=grace)
                 self.kill_leftovers()
@@ -813,7 +834,7 @@ class Stack:
         try:
             rows = self.query(f"SELECT count(*) FROM task_instance_history{where}", params)
             out["retried"] = rows[0][0]
-        except Exception:
+        except Exception:  # noqa: BLE001 - a base without task_instance_history: no retries to count
             out["retried"] = 0
         return out
 
@@ -828,15 +849,24 @@ class Stack:
                 raise StackError(f"[{self.cfg.label}] timed out after {timeout:.0f}s waiting for {what}")
             time.sleep(poll)
 
-    def wait_for_task_runs(self, n: int, timeout: float = 300, dag_prefix: str | None = None) -> dict[str, int]:
-        self.wait_for(lambda: self.task_counts(dag_prefix).get("success", 0) >= n, timeout, f"{n} successful task runs")
+    def wait_for_task_runs(
+        self, n: int, timeout: float = 300, dag_prefix: str | None = None
+    ) -> dict[str, int]:
+        self.wait_for(
+            lambda: self.task_counts(dag_prefix).get("success", 0) >= n, timeout, f"{n} successful task runs"
+        )
         return self.task_counts(dag_prefix)
 
     def airflow_cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         """Run ``airflow <args>`` against this stack (e.g. ``dags trigger``)."""
-        proc = subprocess.run(
-            [str(self.airflow), *args], env=self.env, capture_output=True, text=True, timeout=timeout,
-            start_new_session=True, cwd=self.home,
+        proc = subprocess.run(  # noqa: PLW1510 - callers check returncode and show the output
+            [str(self.airflow), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+            cwd=self.home,
         )
         return proc
 
@@ -871,15 +901,29 @@ if __name__ == "__main__":  # pragma: no cover - manual smoke run
     ap.add_argument("--age", type=float, default=20)
     ap.add_argument("--parallelism", type=int, default=4)
     a = ap.parse_args()
-    with Stack(StackConfig(venv=a.venv, backend=a.backend, age_interval=a.age, parallelism=a.parallelism,
-                           label=a.venv.name), log=print) as st:
+    with Stack(
+        StackConfig(
+            venv=a.venv, backend=a.backend, age_interval=a.age, parallelism=a.parallelism, label=a.venv.name
+        ),
+        log=print,
+    ) as st:
         st.start_sampler(interval=5)
         end = time.monotonic() + a.duration
         while time.monotonic() < end:
             st.check_alive()
             time.sleep(10)
-            print(f"{time.monotonic() - st.t0:6.0f}s", st.task_counts(), {p.role for p in st.processes()},
-                  st.collections(), file=sys.stderr)
+            print(
+                f"{time.monotonic() - st.t0:6.0f}s",
+                st.task_counts(),
+                {p.role for p in st.processes()},
+                st.collections(),
+                file=sys.stderr,
+            )
         for pid, ss in st.sampler.by_pid().items():
-            print(pid, ss[0].role, f"PSS {mib(ss[0].pss):.1f}->{mib(ss[-1].pss):.1f}",
-                  f"USS {mib(ss[0].uss):.1f}->{mib(ss[-1].uss):.1f}", len(ss))
+            print(
+                pid,
+                ss[0].role,
+                f"PSS {mib(ss[0].pss):.1f}->{mib(ss[-1].pss):.1f}",
+                f"USS {mib(ss[0].uss):.1f}->{mib(ss[-1].uss):.1f}",
+                len(ss),
+            )

@@ -51,7 +51,10 @@ def test_interrupting_the_orchestrator_leaves_no_process(e2e_venv, tmp_path, sig
     script.write_text(ORCHESTRATOR)
     orch = subprocess.Popen(
         [sys.executable, str(script), str(REPO / "scripts"), str(e2e_venv)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     info = None
     try:
@@ -61,7 +64,7 @@ def test_interrupting_the_orchestrator_leaves_no_process(e2e_venv, tmp_path, sig
         assert "worker" in info["roles"], info
         orch.send_signal(sig)
         orch.wait(timeout=120)
-        gone, alive = psutil.wait_procs([_proc(p) for p in info["pids"] if _proc(p)], timeout=5)
+        _gone, alive = psutil.wait_procs([_proc(p) for p in info["pids"] if _proc(p)], timeout=5)
         assert not alive, f"survived the interrupted harness: {alive}"
         in_sessions = [p for p in psutil.process_iter() if _sid(p.pid) in set(info["sids"])]
         assert not in_sessions, f"left in the stack's sessions: {in_sessions}"

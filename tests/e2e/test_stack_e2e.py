@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import pytest
-
 from memseries.stack import EXAMPLE_DAGS, Stack, StackConfig, mib, postgres_unreachable, tail
 
 HERE = Path(__file__).resolve().parent
@@ -36,16 +35,19 @@ SLOW_PARSE_DAG = "memseries_e2e_slow_parse"
 
 @pytest.fixture(scope="module")
 def stack(e2e_venv, e2e_backend, tmp_path_factory):
-    if e2e_backend == "postgres":
-        if reason := postgres_unreachable():
-            pytest.skip(reason)
+    if e2e_backend == "postgres" and (reason := postgres_unreachable()):
+        pytest.skip(reason)
     marks = tmp_path_factory.mktemp(f"marks-{e2e_backend}")
     cfg = StackConfig(
         venv=e2e_venv,
         label=f"e2e-{e2e_backend}",
         backend=e2e_backend,
         parallelism=PARALLELISM,
-        dags=[EXAMPLE_DAGS / "busy_bash.py", HERE / "dags" / "e2e_fault.py", HERE / "dags" / "e2e_slow_parse.py"],
+        dags=[
+            EXAMPLE_DAGS / "busy_bash.py",
+            HERE / "dags" / "e2e_fault.py",
+            HERE / "dags" / "e2e_slow_parse.py",
+        ],
         age_interval=AGE,
         config={
             ("scheduler", "task_instance_heartbeat_timeout"): "20",
@@ -81,7 +83,9 @@ def logs_on_failure(stack, request):
 
 
 def _states(stack: Stack, dag_id: str) -> dict[str, int]:
-    rows = stack.query("SELECT state, count(*) FROM task_instance WHERE dag_id = %s GROUP BY state", (dag_id,))
+    rows = stack.query(
+        "SELECT state, count(*) FROM task_instance WHERE dag_id = %s GROUP BY state", (dag_id,)
+    )
     return {str(s): n for s, n in rows}
 
 
@@ -91,7 +95,7 @@ def _to_epoch(value) -> float:
     if isinstance(value, str):  # SQLite stores naive UTC
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.timestamp()
 
 
@@ -153,7 +157,9 @@ def test_sigkill_worker_running_a_task(stack, logs_on_failure):
     assert res.returncode == 0, res.stdout + res.stderr
 
     def victim_worker():
-        rows = stack.query("SELECT id FROM task_instance WHERE dag_id = %s AND state = 'running'", (FAULT_DAG,))
+        rows = stack.query(
+            "SELECT id FROM task_instance WHERE dag_id = %s AND state = 'running'", (FAULT_DAG,)
+        )
         if not rows:
             return None
         ti_id = str(rows[0][0]).replace("-", "").lower()  # SQLite keeps UUIDs as 32 hex digits
@@ -176,9 +182,12 @@ def test_sigkill_worker_running_a_task(stack, logs_on_failure):
         "a replacement worker",
     )
     # the task fails (or goes up for retry) and then succeeds on retry; nothing stays queued/running
-    stack.wait_for(lambda: _states(stack, FAULT_DAG) == {"success": 1}, 180, "the fault task to succeed on retry")
+    stack.wait_for(
+        lambda: _states(stack, FAULT_DAG) == {"success": 1}, 180, "the fault task to succeed on retry"
+    )
     tries = stack.query(
-        "SELECT try_number, state FROM task_instance_history WHERE dag_id = %s ORDER BY try_number", (FAULT_DAG,)
+        "SELECT try_number, state FROM task_instance_history WHERE dag_id = %s ORDER BY try_number",
+        (FAULT_DAG,),
     )
     final = stack.query("SELECT try_number, state FROM task_instance WHERE dag_id = %s", (FAULT_DAG,))
     print(f"fault task: earlier tries {tries}, final {final}, {time.time() - killed_at:.0f}s after the kill")
@@ -197,7 +206,9 @@ def _drained(stack: Stack) -> bool:
     return rows[0][0] == 0
 
 
-def _worker_growth(stack: Stack, since: float, min_collections: int = 2) -> dict[int, tuple[float, float, int]]:
+def _worker_growth(
+    stack: Stack, since: float, min_collections: int = 2
+) -> dict[int, tuple[float, float, int]]:
     """pid -> (USS MiB right after the fork, USS MiB after >= min_collections forced collections, collections).
 
     The first number is measured by the worker itself as it starts (the harness's sitecustomize). For the second
@@ -235,7 +246,8 @@ def test_worker_uss_growth_bounded_after_full_collections(stack, logs_on_failure
     idle_since = time.time()
     workers = {w.pid for w in stack.workers()}
     stack.wait_for(
-        lambda: workers <= set(_worker_growth(stack, idle_since)), 4 * AGE + 30,
+        lambda: workers <= set(_worker_growth(stack, idle_since)),
+        4 * AGE + 30,
         "idle workers aged by >= 2 full collections",
     )
     growth = {pid: g for pid, g in _worker_growth(stack, idle_since).items() if pid in workers}
@@ -264,7 +276,7 @@ def test_sigterm_scheduler_workers_exit_no_orphans(stack, logs_on_failure):
     assert workers, "no LocalExecutor workers to check"
     os.kill(sched.pid, signal.SIGTERM)  # the scheduler alone, not its process group
     sched.wait(timeout=90)
-    gone, alive = psutil.wait_procs(children, timeout=30)
+    _gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"scheduler's children still alive after it exited on SIGTERM: {alive}"
     sid_left = [p for p in stack.leftovers() if os.getsid(p.pid) == sched.pid]
     assert not sid_left, f"orphans of the scheduler: {sid_left}"

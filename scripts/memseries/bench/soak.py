@@ -19,8 +19,12 @@ HELP = "long run of the real stack (default 30m per build): 3.1.3 vs 3.1.3+memfi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, "30m")
     parser.set_defaults(sample_interval=15.0, age=60.0)
-    parser.add_argument("--no-upstream", dest="upstream", action="store_false",
-                        help="leave out upstream 3.3.2 (default: compare all three builds)")
+    parser.add_argument(
+        "--no-upstream",
+        dest="upstream",
+        action="store_false",
+        help="leave out upstream 3.3.2 (default: compare all three builds)",
+    )
 
 
 def run(args) -> int:
