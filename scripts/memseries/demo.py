@@ -296,13 +296,14 @@ def total_pss_series(res: RunResult, roles=None) -> tuple[list[float], list[floa
 
 
 def worker_uss_series(res: RunResult) -> tuple[list[float], list[float]]:
-    """Mean USS (MiB) of the LocalExecutor workers at each tick, over workers without a task child then."""
+    """Largest USS (MiB) among the LocalExecutor workers without a task child at each tick (sharing with a
+    child only ever lowers a worker's USS, so the largest idle one is the steadiest view)."""
     ticks: dict[float, list[float]] = {}
     for s in res.samples:
         if s.role == "worker" and s.children == 0:
             ticks.setdefault(s.t, []).append(mib(s.uss))
     ts = sorted(ticks)
-    return ts, [statistics.fmean(ticks[t]) for t in ts]
+    return ts, [max(ticks[t]) for t in ts]
 
 
 def summary_row(res: RunResult) -> list[str]:
@@ -493,7 +494,7 @@ def plot(results: list[RunResult], path: Path, title: str) -> None:
         c = colors.get(res.build.label, None)
         ts, mean = worker_uss_series(res)
         ax_line.plot(
-            ts, mean, color=c, marker=".", label=f"{res.build.label}: LocalExecutor worker USS (mean)"
+            ts, mean, color=c, marker=".", label=f"{res.build.label}: largest idle LocalExecutor worker USS"
         )
         ts, tot = total_pss_series(res, roles={"scheduler"})
         ax_line.plot(ts, tot, color=c, linestyle="--", label=f"{res.build.label}: scheduler PSS")
