@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use this venv as the patched build instead of the series venv (e.g. while the series is in flux)",
     )
     parser.add_argument(
+        "--from-raw", type=Path, help="only re-render the tables and plot from an earlier run's raw.json"
+    )
+    parser.add_argument(
         "--no-control",
         action="store_true",
         help="skip the run with the provider's pre-fork gc.freeze() undone",
@@ -120,6 +123,7 @@ def _measure(name: str, build: common.Build, unfreeze: bool, args, prog, task) -
         fork_uss = st.fork_uss()
         counts = st.task_counts()
         hosts = dict(st.worker_hostnames)
+        pool_workers = {str(p.pid): p.component for p in st.processes() if p.role == "pool"}
     return {
         "name": name,
         "build": build.label,
@@ -129,6 +133,7 @@ def _measure(name: str, build: common.Build, unfreeze: bool, args, prog, task) -
         "samples": [s.__dict__ for s in samples],
         "collections": {str(pid): v for pid, v in collections.items()},
         "fork_uss": {str(pid): v for pid, v in fork_uss.items()},
+        "pool_workers": pool_workers,
     }
 
 
@@ -146,7 +151,9 @@ def _pool(res: dict) -> dict[int, dict]:
         walls = [w for w, _ in colls]
         young = [s for s in quiet if not walls or s["wall"] < walls[0]]
         aged = [s for s in quiet if len(walls) >= 2 and s["wall"] > walls[1]]
-        worker = next((c for c, h in res["workers"].items() if h in ss[0]["title"]), "?")
+        worker = res.get("pool_workers", {}).get(str(pid)) or next(
+            (c for c, h in res["workers"].items() if h in ss[0]["title"]), "?"
+        )
         worker = worker.replace(WORKER_PREFIX, "w")
         out[pid] = {
             "worker": worker,
@@ -172,17 +179,26 @@ def _fmt(v: float | None) -> str:
 
 
 def run(args) -> int:
-    runs = _runs(args)
     out_dir = common.results_dir("celery")
-    raw: dict[str, dict] = {}
-    with common.progress() as prog:
-        for name, build, unfreeze in runs:
-            task = prog.add_task(f"{name}: stack up + {args.duration:.0f} s of load", total=args.duration)
-            raw[name] = _measure(name, build, unfreeze, args, prog, task)
-            prog.update(task, completed=args.duration)
-    (out_dir / "raw.json").write_text(json.dumps(raw, indent=1, default=str))
+    if args.from_raw:
+        # re-render the tables and plot of an earlier run (its raw.json, and its run parameters)
+        saved = json.loads(Path(args.from_raw).read_text())
+        raw, meta = saved["runs"], saved["args"]
+        for key in ("duration", "age", "workers", "concurrency"):
+            setattr(args, key, meta[key])
+        names = list(raw)
+    else:
+        runs = _runs(args)
+        raw = {}
+        with common.progress() as prog:
+            for name, build, unfreeze in runs:
+                task = prog.add_task(f"{name}: stack up + {args.duration:.0f} s of load", total=args.duration)
+                raw[name] = _measure(name, build, unfreeze, args, prog, task)
+                prog.update(task, completed=args.duration)
+        names = [n for n, _, _ in runs]
+    meta = {k: getattr(args, k) for k in ("duration", "age", "workers", "concurrency", "parallelism")}
+    (out_dir / "raw.json").write_text(json.dumps({"args": meta, "runs": raw}, indent=1, default=str))
     md = out_dir / "results.md"
-    names = [n for n, _, _ in runs]
 
     headers = [
         "run",
@@ -208,6 +224,7 @@ def run(args) -> int:
             if g is not None:
                 growth.append(g)
                 uss_y.append(y["uss"])
+            if a:
                 uss_a.append(a["uss"])
                 pss_a.append(a["pss"])
             colls += p["collections_ms"]
@@ -284,7 +301,10 @@ def run(args) -> int:
                 f"{s['collect_ms']:.0f}" if s["collect_ms"] is not None else "-",
             ]
         )
-    title = "celery: per-run summary (pool processes: USS mean per process, PSS summed; aged = after 2 collections)"
+    title = (
+        "celery: per-run summary (pool processes: USS mean per process, PSS summed; aged = after 2 collections;"
+        " measured = with a young and an aged sample)"
+    )
     common.print_table(title, headers, rows)
     common.write_markdown_table(md, title, headers, rows)
 
