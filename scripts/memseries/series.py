@@ -10,7 +10,6 @@ from pathlib import Path
 from memseries import paths
 from memseries.applier import apply_series
 from memseries.bases import Base
-from memseries.errors import SeriesError
 from memseries.fetch import base_wheel
 from memseries.patchfile import Patch, read_patch
 

@@ -10,7 +10,6 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from memseries import series
 from memseries.bases import get_base
 from memseries.errors import SeriesError
 from memseries.fetch import base_wheel

@@ -57,11 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", default=DEFAULT_BROKER, help=f"celery broker URL ({DEFAULT_BROKER})")
     parser.add_argument("--dag", type=Path, default=EXAMPLE_DAGS / "busy_python.py", help="DAG file to run")
     parser.add_argument(
-        "--patched-venv",
-        type=Path,
-        help="use this venv as the patched build instead of the series venv (e.g. while the series is in flux)",
-    )
-    parser.add_argument(
         "--from-raw", type=Path, help="only re-render the tables and plot from an earlier run's raw.json"
     )
     parser.add_argument(
@@ -71,20 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _builds(args) -> list[common.Build]:
-    if not args.patched_venv:
-        return common.builds(args)
-    wanted = args.builds.split(",")
-    others = [w for w in wanted if w != "patched"]
-    out = common.builds(argparse.Namespace(builds=",".join(others))) if others else []
-    if "patched" in wanted:
-        patched = common.Build("3.1.3+memfix", (args.patched_venv / "bin" / "python").absolute(), True)
-        out.insert(1 if out and out[0].label == "3.1.3" else 0, patched)
-    return out
-
 
 def _runs(args) -> list[tuple[str, common.Build, bool]]:
-    builds = _builds(args)
+    builds = common.builds(args)
     runs = [(b.label, b, False) for b in builds]
     if not args.no_control and builds:
         b = next((b for b in builds if b.patched), builds[0])
