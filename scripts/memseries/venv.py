@@ -63,7 +63,8 @@ def _fingerprint(base: Base, patched: bool, label: str) -> dict:
         h.update(label.encode())
         for p in base.series():
             h.update(p.name.encode() + b"\0" + p.read_bytes())
-    return {"base": base.version, "patched": patched, "label": label if patched else None, "sha256": h.hexdigest()}
+    return {"base": base.version, "patched": patched, "label": label if patched else None, "sha256": h.hexdigest(),
+            "link_mode": "copy"}
 
 
 def ensure_venv(base_version: str, patched: bool = True, path: Path | None = None, label: str = DEFAULT_LABEL,
@@ -81,10 +82,12 @@ def ensure_venv(base_version: str, patched: bool = True, path: Path | None = Non
     python = str(path / "bin" / "python")
     try:
         _uv("venv", "-q", "--python", "3.11", str(path))
-        _uv("pip", "install", "-q", "--python", python, "-r", str(base.constraints))
+        # Copies, not uv's default hard links into its cache: a file edited in one venv must never change the
+        # same file in every other venv (the unpatched base included) and in the cache.
+        _uv("pip", "install", "-q", "--link-mode=copy", "--python", python, "-r", str(base.constraints))
         if patched:
             wheel = build_wheel(base.version, label)
-            _uv("pip", "install", "-q", "--python", python, "--no-deps", "--reinstall", str(wheel))
+            _uv("pip", "install", "-q", "--link-mode=copy", "--python", python, "--no-deps", "--reinstall", str(wheel))
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)  # never leave a half-made venv that looks usable
         raise
