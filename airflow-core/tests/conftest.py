@@ -35,24 +35,14 @@ def pytest_addoption(parser):
     )
 
 
-def _create_pg_database(name: str) -> None:
+def _pg_admin(statement: str) -> None:
+    """Run one statement outside a transaction on the server's maintenance database (CREATE/DROP DATABASE)."""
     import psycopg2
 
     conn = psycopg2.connect(f"{PG_URL}/postgres")
     conn.autocommit = True
     try:
-        conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
-
-
-def _drop_pg_database(name: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(f"{PG_URL}/postgres")
-    conn.autocommit = True
-    try:
-        conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.cursor().execute(statement)
     finally:
         conn.close()
 
@@ -68,7 +58,7 @@ def pytest_configure(config):
     config._memseries_pg_db = None
     if backend == "postgres":
         db = f"memseries_test_{uuid.uuid4().hex[:12]}"
-        _create_pg_database(db)
+        _pg_admin(f'CREATE DATABASE "{db}"')
         config._memseries_pg_db = db
         conn = f"{PG_URL.replace('postgresql://', 'postgresql+psycopg2://', 1)}/{db}"
     else:
@@ -103,7 +93,7 @@ def pytest_unconfigure(config):
                 settings.engine.dispose()
         except Exception:
             pass
-        _drop_pg_database(config._memseries_pg_db)
+        _pg_admin(f'DROP DATABASE IF EXISTS "{config._memseries_pg_db}" WITH (FORCE)')
     if home is not None:
         shutil.rmtree(home, ignore_errors=True)
 
