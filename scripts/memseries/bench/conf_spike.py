@@ -32,12 +32,20 @@ RSS_TARGET = 0.5
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_build_arguments(parser)
-    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres (both)")
+    parser.add_argument(
+        "--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres (both)"
+    )
     parser.add_argument("--parts", default="heap,scheduler", help="comma-separated: heap, scheduler (both)")
-    parser.add_argument("--mapped", type=int, default=500, help="map size of the DAG (must match the DAG file: 500)")
+    parser.add_argument(
+        "--mapped", type=int, default=500, help="map size of the DAG (must match the DAG file: 500)"
+    )
     parser.add_argument("--conf-kib", type=int, default=1024, help="conf size in KiB (default 1024)")
-    parser.add_argument("--settle", type=float, default=20.0, help="idle scheduler seconds before the trigger (20)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="max seconds for the triggered run (900)")
+    parser.add_argument(
+        "--settle", type=float, default=20.0, help="idle scheduler seconds before the trigger (20)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="max seconds for the triggered run (900)"
+    )
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("MEMSERIES_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
@@ -55,13 +63,26 @@ def _tables(results: dict, base: common.Build, patched: common.Build, backend: s
     b, p = base.label, patched.label
     if "heap" in parts:
         rb, rp = results[(backend, b, "heap")], results[(backend, p, "heap")]
-        headers = ["step", f"{b} peak MB", f"{p} peak MB", f"peak {p}/{b}", f"{b} statements", f"{p} statements"]
+        headers = [
+            "step",
+            f"{b} peak MB",
+            f"{p} peak MB",
+            f"peak {p}/{b}",
+            f"{b} statements",
+            f"{p} statements",
+        ]
         rows = []
         for sb, sp in zip(rb["steps"], rp["steps"], strict=True):
             ratio = sp["peak_mb"] / sb["peak_mb"]
             rows.append(
-                [sb["step"], f"{sb['peak_mb']:.1f}", f"{sp['peak_mb']:.1f}", _ratio(sp["peak_mb"], sb["peak_mb"]),
-                 sb["statements"], sp["statements"]]
+                [
+                    sb["step"],
+                    f"{sb['peak_mb']:.1f}",
+                    f"{sp['peak_mb']:.1f}",
+                    _ratio(sp["peak_mb"], sb["peak_mb"]),
+                    sb["statements"],
+                    sp["statements"],
+                ]
             )
             ok = ratio <= HEAP_TARGET and sb["statements"] == sp["statements"]
             verdicts.append(
@@ -77,16 +98,36 @@ def _tables(results: dict, base: common.Build, patched: common.Build, backend: s
         rb, rp = results[(backend, b, "scheduler")], results[(backend, p, "scheduler")]
         headers = ["airflow scheduler", b, p, f"{p}/{b}"]
         rows = [
-            ["peak RSS before the trigger (VmHWM, MB)", rb["peak_rss_before_trigger_mb"],
-             rp["peak_rss_before_trigger_mb"], _ratio(rp["peak_rss_before_trigger_mb"], rb["peak_rss_before_trigger_mb"])],
-            ["peak RSS while scheduling the run (VmHWM, MB)", rb["peak_rss_mb"], rp["peak_rss_mb"],
-             _ratio(rp["peak_rss_mb"], rb["peak_rss_mb"])],
-            ["peak RSS growth from the run (MB)",
-             round(rb["peak_rss_mb"] - rb["peak_rss_before_trigger_mb"], 1),
-             round(rp["peak_rss_mb"] - rp["peak_rss_before_trigger_mb"], 1), ""],
-            ["run state, TI states", f"{rb['run_state']} {rb['ti_states']}", f"{rp['run_state']} {rp['ti_states']}", ""],
-            ["trigger -> run finished (s)", round(rb["done_s"] - rb["trigger_s"], 1),
-             round(rp["done_s"] - rp["trigger_s"], 1), ""],
+            [
+                "peak RSS before the trigger (VmHWM, MB)",
+                rb["peak_rss_before_trigger_mb"],
+                rp["peak_rss_before_trigger_mb"],
+                _ratio(rp["peak_rss_before_trigger_mb"], rb["peak_rss_before_trigger_mb"]),
+            ],
+            [
+                "peak RSS while scheduling the run (VmHWM, MB)",
+                rb["peak_rss_mb"],
+                rp["peak_rss_mb"],
+                _ratio(rp["peak_rss_mb"], rb["peak_rss_mb"]),
+            ],
+            [
+                "peak RSS growth from the run (MB)",
+                round(rb["peak_rss_mb"] - rb["peak_rss_before_trigger_mb"], 1),
+                round(rp["peak_rss_mb"] - rp["peak_rss_before_trigger_mb"], 1),
+                "",
+            ],
+            [
+                "run state, TI states",
+                f"{rb['run_state']} {rb['ti_states']}",
+                f"{rp['run_state']} {rp['ti_states']}",
+                "",
+            ],
+            [
+                "trigger -> run finished (s)",
+                round(rb["done_s"] - rb["trigger_s"], 1),
+                round(rp["done_s"] - rp["trigger_s"], 1),
+                "",
+            ],
         ]
         ratio = rp["peak_rss_mb"] / rb["peak_rss_mb"]
         verdicts.append(
@@ -97,13 +138,17 @@ def _tables(results: dict, base: common.Build, patched: common.Build, backend: s
     return out, verdicts
 
 
-def _plot(results: dict, base: common.Build, patched: common.Build, backends: list[str], parts: list[str], out_dir):
+def _plot(
+    results: dict, base: common.Build, patched: common.Build, backends: list[str], parts: list[str], out_dir
+):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(backends), len(parts), figsize=(6.5 * len(parts), 4.2 * len(backends)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(backends), len(parts), figsize=(6.5 * len(parts), 4.2 * len(backends)), squeeze=False
+    )
     for row, backend in enumerate(backends):
         col = 0
         if "heap" in parts:
@@ -126,7 +171,11 @@ def _plot(results: dict, base: common.Build, patched: common.Build, backends: li
             for build in (base, patched):
                 r = results[(backend, build.label, "scheduler")]
                 ts = [t - r["trigger_s"] for t, _ in r["rss_samples"]]
-                ax.plot(ts, [m for _, m in r["rss_samples"]], label=f"{build.label} (peak {r['peak_rss_mb']:.0f} MB)")
+                ax.plot(
+                    ts,
+                    [m for _, m in r["rss_samples"]],
+                    label=f"{build.label} (peak {r['peak_rss_mb']:.0f} MB)",
+                )
             ax.axvline(0, color="grey", lw=0.8, ls="--")
             ax.set_xlabel("s since the run was triggered")
             ax.set_ylabel("scheduler RSS MB")
@@ -146,7 +195,9 @@ def run(args) -> int:
     base = next((b for b in builds if not b.patched and b.label == args.base), None)
     patched = next((b for b in builds if b.patched), None)
     if base is None or patched is None:
-        raise SystemExit("conf-spike compares the unpatched base with its patched build: keep both in --builds")
+        raise SystemExit(
+            "conf-spike compares the unpatched base with its patched build: keep both in --builds"
+        )
     builds = [base, patched]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -165,14 +216,31 @@ def run(args) -> int:
                 for build in builds:
                     prog.update(task, description=f"{backend} {part} {build.label}")
                     results[(backend, build.label, part)] = common.run_payload(
-                        build, PAYLOAD, "--part", part, "--dag-file", DAG_FILE, "--backend", backend,
-                        "--pg-url", args.pg_url, "--mapped", args.mapped, "--conf-kib", args.conf_kib,
-                        "--settle", args.settle, "--timeout", args.timeout,
+                        build,
+                        PAYLOAD,
+                        "--part",
+                        part,
+                        "--dag-file",
+                        DAG_FILE,
+                        "--backend",
+                        backend,
+                        "--pg-url",
+                        args.pg_url,
+                        "--mapped",
+                        args.mapped,
+                        "--conf-kib",
+                        args.conf_kib,
+                        "--settle",
+                        args.settle,
+                        "--timeout",
+                        args.timeout,
                         timeout=args.timeout + 900,
                     )
                     prog.advance(task)
     (out_dir / "raw.json").write_text(
-        json.dumps({f"{backend} {label} {part}": r for (backend, label, part), r in results.items()}, indent=1)
+        json.dumps(
+            {f"{backend} {label} {part}": r for (backend, label, part), r in results.items()}, indent=1
+        )
     )
     md = out_dir / "conf-spike.md"
     all_verdicts = []

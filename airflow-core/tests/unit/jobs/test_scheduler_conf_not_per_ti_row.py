@@ -233,9 +233,7 @@ def _steps(session, runner, dag_id):
     session.expunge_all()
     yield "expand", peak, st
     states = dict(
-        session.execute(
-            select(TI.state, func.count()).where(TI.dag_id == dag_id).group_by(TI.state)
-        ).all()
+        session.execute(select(TI.state, func.count()).where(TI.dag_id == dag_id).group_by(TI.state)).all()
     )
     assert states == {TaskInstanceState.SCHEDULED: N_MAPPED}
     # 2. the next _schedule_dag_run over the N_MAPPED scheduled TIs (all already scheduled: nothing to do)
@@ -284,7 +282,7 @@ STEPS = ["expand", "schedule", "critical_section", "executor_events"]
 
 @pytest.mark.parametrize("step", STEPS)
 def test_no_task_instance_select_carries_conf(measured, step):
-    peak, st = measured[BIG][step]
+    _, st = measured[BIG][step]
     assert st.ti_selects_with_conf() == []
 
 

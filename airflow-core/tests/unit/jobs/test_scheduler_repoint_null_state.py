@@ -142,7 +142,7 @@ def _versions(session, run_id) -> dict[str, object]:
 
 @pytest.mark.parametrize("state", _unfinished(), ids=_state_id)
 def test_unfinished_tis_move_to_new_version(session, clock, runner, state):
-    v1, v2, run_id = _changed(session, clock, state)
+    _, v2, run_id = _changed(session, clock, state)
 
     assert runner._verify_integrity_if_dag_changed(dag_run=_examine(session), session=session) is True
     session.commit()
@@ -207,7 +207,9 @@ def test_one_update_whose_filter_matches_null(session, clock, runner):
     ti_updates = [s for s in captured if s.table.name == "task_instance"]
     assert len(ti_updates) == 1
     for dialect in (sqlite.dialect(), postgresql.dialect(), mysql.dialect()):
-        where = str(ti_updates[0].whereclause.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        where = str(
+            ti_updates[0].whereclause.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        )
         assert "task_instance.state IS NULL" in where, where
 
 
