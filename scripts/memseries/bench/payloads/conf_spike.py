@@ -192,9 +192,11 @@ class _Statements:
     def __init__(self, engine):
         self.engine = engine
         self.count = 0
+        self.statements: list[str] = []
 
     def _listener(self, conn, cursor, statement, parameters, context, executemany):
         self.count += len(parameters) if executemany else 1
+        self.statements.append(" ".join(statement.split())[:160])
 
     def __enter__(self):
         from sqlalchemy import event
@@ -217,7 +219,7 @@ def _measured(session, name, fn, out):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    out.append({"step": name, "peak_mb": round(peak / MB, 2), "statements": st.count})
+    out.append({"step": name, "peak_mb": round(peak / MB, 2), "statements": st.count, "sql": st.statements})
     _log(f"{name}: peak {peak / MB:.1f} MB, {st.count} statements")
     return result
 
