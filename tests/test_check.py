@@ -92,3 +92,56 @@ def test_series_and_patch_files_must_agree(fake_repo):
     (fake_repo.base_dir / "series").write_text("")
     proc = fake_repo.memseries("check")
     assert proc.returncode == 1 and "not listed in the series: 0001-doc.patch" in proc.stderr
+
+
+def test_junk_line_between_hunks_is_refused(fake_repo):
+    """`git am` refuses a patch with a stray line between two hunks; `check` must refuse it too."""
+    patch = fake_repo.make_patch(
+        "0001-two.patch",
+        lambda text: replace_line("    def terminate(self):\n", "    def terminate(self):  # (patched)\n")(
+            replace_line(DOCSTRING, DOCSTRING + "    (patched)\n")(text)
+        ),
+    )
+    text = patch.read_text()
+    second = [m.start() for m in re.finditer(r"^@@ ", text, re.M)][1]
+    patch.write_text(text[:second] + "junk between the hunks\n" + text[second:])
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    line = proc.stderr.strip()
+    assert "\n" not in line
+    assert re.fullmatch(
+        r"FAIL 3\.1\.3: 0001-two\.patch: airflow-core/src/airflow/executors/local_executor\.py: hunk #2 "
+        r"\(@@ -\d+,\d+ \+\d+,\d+ @@.*\) is cut off from its file by a stray line before it "
+        r"\(git apply: patch fragment without header at line \d+\)",
+        line,
+    ), line
+
+
+def test_offset_hunk_message_names_the_offset(fake_repo):
+    patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    text = patch.read_text()
+    m = re.search(r"^@@ -(\d+),(\d+) \+(\d+),(\d+) @@", text, re.M)
+    a, b, c, d = map(int, m.groups())
+    patch.write_text(text.replace(m.group(0), f"@@ -{a - 3},{b} +{c - 3},{d} @@", 1))
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "FAIL 3.1.3: 0001-doc.patch: airflow-core/src/airflow/executors/local_executor.py: hunk #1 "
+        f"(@@ -{a - 3},{b} +{c - 3},{d} @@{text[m.end():].split(chr(10), 1)[0]}) does not apply where its header "
+        f"says: git apply finds its context +3 lines away (at line {c}); restack the patch"
+    )
+
+
+def test_miscounted_hunk_is_refused(fake_repo):
+    patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    text = patch.read_text()
+    m = re.search(r"^@@ -(\d+),(\d+) \+(\d+),(\d+) @@", text, re.M)
+    a, b, c, d = map(int, m.groups())
+    patch.write_text(text.replace(m.group(0), f"@@ -{a},{b + 5} +{c},{d + 5} @@", 1))
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    assert re.fullmatch(
+        r"FAIL 3\.1\.3: 0001-doc\.patch: airflow-core/src/airflow/executors/local_executor\.py: hunk #1 \(@@ .*\) "
+        r"is malformed \(git apply: corrupt patch at line \d+\)",
+        proc.stderr.strip(),
+    ), proc.stderr

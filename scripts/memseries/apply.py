@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from memseries import series
-from memseries.applier import apply_series, read_from_dir, write_to_dir
+from memseries.gitapply import apply_series, read_from_dir, write_to_dir
 from memseries.bases import get_base
 from memseries.errors import SeriesError
 
@@ -25,12 +25,12 @@ def unpacked_version(root: Path) -> str:
     return infos[0].name[len("apache_airflow_core-"): -len(".dist-info")]
 
 
-def apply_to_unpacked(base_version: str, root: Path) -> dict[str, str | None]:
+def apply_to_unpacked(base_version: str, root: Path) -> dict[str, bytes | None]:
     base = get_base(base_version)
     found = unpacked_version(root)
     if found != base.version:
         raise SeriesError(f"{root} holds apache-airflow-core {found}, not base {base.version}")
-    changed = apply_series(series.load(base), read_from_dir(root))
+    changed = apply_series(series.load(base), read_from_dir(root), series.SRC_PREFIX, series.NOT_INSTALLED)
     write_to_dir(root, changed)
     return changed
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memseries import paths
-from memseries.applier import apply_series
+from memseries.gitapply import apply_series
 from memseries.bases import Base
 from memseries.fetch import base_wheel
 from memseries.patchfile import Patch, read_patch
@@ -16,6 +16,8 @@ from memseries.patchfile import Patch, read_patch
 REQUIRED_TRAILERS = ("Upstream-PR", "Bug", "Applied-Upstream", "Forwarded")
 FORWARDED_VALUES = {"yes", "no", "not-needed"}
 NEWSFRAGMENT = re.compile(r"^newsfragments/(\d+)\.(significant|feature|improvement|bugfix|doc|misc)\.rst$")
+SRC_PREFIX = "airflow-core/src/"
+NOT_INSTALLED = ("airflow-core/tests/", "airflow-core/newsfragments/", "newsfragments/")
 VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -73,23 +75,21 @@ def metadata_problems(patch: Patch) -> list[str]:
     for t in tests:
         if not t.startswith("airflow-core/tests/") or not (paths.REPO / t).is_file():
             problems.append(f"{patch.name}: test module {t} does not exist under airflow-core/tests/")
-    if not any(f.path.startswith("airflow-core/src/") for f in patch.files):
+    if not any(f.startswith(SRC_PREFIX) for f in patch.files):
         problems.append(f"{patch.name}: changes no file under airflow-core/src/")
     return problems
 
 
-def wheel_reader(wheel: Path) -> Callable[[str], str | None]:
+def wheel_reader(wheel: Path) -> Callable[[str], bytes | None]:
     zf = zipfile.ZipFile(wheel)
     names = set(zf.namelist())
 
-    def read(rel: str) -> str | None:
-        if rel not in names:
-            return None
-        return zf.read(rel).decode("utf-8", errors="surrogateescape")
+    def read(rel: str) -> bytes | None:
+        return zf.read(rel) if rel in names else None
 
     return read
 
 
-def apply_to_pristine(base: Base, patches: list[Patch]) -> dict[str, str | None]:
-    """Apply in memory to the base wheel's sources; raises SeriesError naming patch, file and hunk."""
-    return apply_series(patches, wheel_reader(base_wheel(base)))
+def apply_to_pristine(base: Base, patches: list[Patch]) -> dict[str, bytes | None]:
+    """Apply to the base wheel's sources in a scratch tree; raises SeriesError naming patch, file and hunk."""
+    return apply_series(patches, wheel_reader(base_wheel(base)), SRC_PREFIX, NOT_INSTALLED)
