@@ -10,7 +10,6 @@ BASES ?= 3.3.2 3.1.3
 # Bases whose unpatched stack must FAIL the end-to-end worker-memory test (3.3.2 already freezes before forking).
 E2E_PROVE_BASES ?= $(filter 3.1.3,$(BASES))
 DURATION ?= 180
-is_patched = test -f airflow-core/patches/$(1)/series
 
 .PHONY: help tools venvs check build export test test-tools test-unit test-unit-sqlite test-unit-postgres prove test-e2e demo lock clean
 
@@ -27,10 +26,7 @@ $(TOOLS)/.stamp: pyproject.toml
 tools: $(TOOLS)/.stamp
 
 venvs: tools
-	@set -e; for b in $(sort $(BASES) $(BASE)); do \
-	  $(MEMSERIES) venv --base $$b --unpatched; \
-	  if $(call is_patched,$$b); then $(MEMSERIES) venv --base $$b; fi; \
-	done
+	@set -e; for b in $(sort $(BASES) $(BASE)); do $(MEMSERIES) venv --base $$b --both; done
 
 check: tools
 	$(MEMSERIES) check
@@ -74,9 +70,12 @@ demo: tools
 	$(MEMSERIES) demo --base $(BASE) --duration $(DURATION)
 
 # Re-pin a base after editing its requirements.in (maintainers only; the result is committed).
+# LOCK_PYTHON=3.13 writes constraints-py3.13.txt, used by `memseries venv --python 3.13` (only where pins differ).
+LOCK_PYTHON ?= 3.11
 lock: tools
 	cd airflow-core/patches/$(BASE) && ../../../$(TOOLS)/bin/uv pip compile -q --generate-hashes \
-	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 requirements.in -o constraints.txt
+	  --python-version $(LOCK_PYTHON) --python-platform x86_64-manylinux_2_28 requirements.in \
+	  -o $(if $(filter 3.11,$(LOCK_PYTHON)),constraints.txt,constraints-py$(LOCK_PYTHON).txt)
 
 clean:
 	rm -rf dist build bench-results

@@ -17,3 +17,8 @@ def wheel() -> Path:
 def fake_repo(tmp_path, wheel) -> FakeRepo:
     return FakeRepo(tmp_path / "repo", wheel)
 
+
+
+@pytest.fixture(scope="session")
+def celery_wheel() -> Path:
+    return pristine_wheel("provider('celery')")

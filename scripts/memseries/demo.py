@@ -62,18 +62,9 @@ def parse_duration(text: str) -> float:
 
 
 def _ensure(base: str, patched: bool, log) -> Path:
-    """The lead's memseries.venv.ensure_venv when available, else the conventional venv paths."""
-    try:
-        from memseries.venv import ensure_venv  # type: ignore[import-not-found]
-    except ImportError:
-        ensure_venv = None
-    if ensure_venv is not None:
-        return Path(ensure_venv(base, patched=patched))
-    path = REPO / ".venv" / (f"airflow-{base}-patched" if patched else f"airflow-{base}")
-    log(f"memseries.venv.ensure_venv not available: using {path} as is")
-    if not (path / "bin" / "airflow").exists():
-        raise StackError(f"{path} does not exist (build it with `memseries venv --base {base}`)")
-    return path
+    from memseries.venv import ensure_venv
+
+    return Path(ensure_venv(base, patched=patched))
 
 
 def resolve_builds(args, log) -> list[DemoBuild]:

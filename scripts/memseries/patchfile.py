@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memseries.errors import SeriesError
+from memseries.paths import read_utf8
 
 HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 TRAILER = re.compile(r"^([A-Za-z][A-Za-z0-9-]*): (.+)$")
@@ -62,7 +63,7 @@ class Patch:
 
     @property
     def raw(self) -> str:
-        return self.path.read_text(encoding="utf-8", errors="surrogateescape")
+        return read_utf8(self.path)
 
 
 def _strip_prefix(p: str) -> str | None:
@@ -106,7 +107,7 @@ def _index(raw: str) -> tuple[list[str], list[tuple[str, str]], list[HunkRef]]:
 
 
 def read_patch(path: Path) -> Patch:
-    raw = path.read_text(encoding="utf-8", errors="surrogateescape")
+    raw = read_utf8(path)
     m = re.search(r"^(---\n(?=diff --git )|diff --git )", raw, re.M)
     if not m:
         raise SeriesError(f"{path.name}: no diff found")

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from memseries import paths
-from memseries.bases import DEFAULT_BASE, UPSTREAM
+from memseries.bases import DEFAULT_BASE, UPSTREAM, get_base
 from memseries.errors import SeriesError
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -65,13 +65,14 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 def builds(args: argparse.Namespace | None = None) -> list[Build]:
     """The builds to compare, their venvs made (or reused) first, unless --base/--patched-python replace them."""
-    from memseries.venv import ensure_venv, local_version
+    from memseries.venv import local_version, venv_python
 
     wanted = (getattr(args, "builds", None) or ",".join(BUILD_CHOICES)).split(",")
     unknown = [w for w in wanted if w not in BUILD_CHOICES]
     if unknown:
         raise SeriesError(f"unknown build(s) {unknown}: choose from {', '.join(BUILD_CHOICES)}")
-    base = getattr(args, "base", None) or DEFAULT_BASE
+    base = get_base(getattr(args, "base", None) or DEFAULT_BASE)
+    upstream = get_base(UPSTREAM) if base.version != UPSTREAM else None
     base_python = getattr(args, "base_python", None)
     patched_python = getattr(args, "patched_python", None)
     out = []
@@ -79,15 +80,15 @@ def builds(args: argparse.Namespace | None = None) -> list[Build]:
         if w not in wanted:
             continue
         if w == "base" and base_python:
-            out.append(Build(base, base_python.absolute(), False))
+            out.append(Build(base.version, base_python.absolute(), False))
         elif w == "patched" and patched_python:
-            out.append(Build(local_version(base), patched_python.absolute(), True))
+            out.append(Build(local_version(base.version), patched_python.absolute(), True))
         elif w == "base":
-            out.append(Build(base, ensure_venv(base, patched=False) / "bin" / "python", False))
+            out.append(Build(base.version, venv_python(base, patched=False), False))
         elif w == "patched":
-            out.append(Build(local_version(base), ensure_venv(base, patched=True) / "bin" / "python", True))
-        elif base != UPSTREAM:
-            out.append(Build(UPSTREAM, ensure_venv(UPSTREAM, patched=False) / "bin" / "python", False))
+            out.append(Build(local_version(base.version), venv_python(base, patched=True), True))
+        elif upstream:
+            out.append(Build(UPSTREAM, venv_python(upstream, patched=False), False))
     return out
 
 
