@@ -111,6 +111,7 @@ def ensure_venv(base: Base | str, patched: bool = True, path: Path | None = None
     if not force and stamp.is_file() and json.loads(stamp.read_text()) == want and (path / "bin" / "python").exists():
         return path
     interpreter = find_python(python)
+    wheels = build_all(base, label) if patched else []  # a series that does not build fails before any venv work
     path.parent.mkdir(parents=True, exist_ok=True)
     new = path.with_name(f"{path.name}.new")
     shutil.rmtree(new, ignore_errors=True)  # a leftover of an interrupted build, never a working venv
@@ -121,8 +122,7 @@ def ensure_venv(base: Base | str, patched: bool = True, path: Path | None = None
         # Copies, not uv's default hard links into its cache: a file edited in one venv must never change the
         # same file in every other venv (the unpatched base included) and in the cache.
         _uv("pip", "install", "-q", "--link-mode=copy", "--python", py, "-r", str(base.constraints_for(python)))
-        if patched:
-            wheels = build_all(base, label)
+        if wheels:
             _uv("pip", "install", "-q", "--link-mode=copy", "--python", py, "--no-deps", "--reinstall",
                 *map(str, wheels))
         (new / STAMP).write_text(json.dumps(want, indent=1))
