@@ -3,8 +3,6 @@ pins that version, checked, built as its own local-version wheel, exported as it
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 import sys
 import zipfile

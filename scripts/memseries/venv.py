@@ -12,7 +12,6 @@ import argparse
 import glob
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
