@@ -189,3 +189,15 @@ class ProcessGroups:
                 roles[child.pid] = role
                 out.append(ProcInfo(child.pid, role, name, child_title, ppid))
         return out
+
+
+def peak_rss(pid: int) -> int | None:
+    """The kernel's high-water mark of a process's RSS (VmHWM), in bytes: a sampled max misses short spikes."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None

@@ -129,6 +129,8 @@ def summary_row(res: RunResult) -> list[str]:
         f"{total[-1]:.0f}" if total else "-",
         f"{max(wtot):.0f}" if wtot else "-",
         f"{1000 * statistics.median(gc_w):.0f}" if gc_w else "-",
+        f"{mib(res.scheduler_peak_rss):.0f}" if res.scheduler_peak_rss else "-",
+        res.conf_run,
         res.error.splitlines()[0][:60] if res.error else "ok",
     ]
 
@@ -148,6 +150,8 @@ SUMMARY_HEADERS = [
     "total PSS end MiB",
     "workers PSS max MiB",
     "worker gc.collect() ms (median)",
+    "scheduler peak RSS MiB",
+    "1 MiB-conf mapped run",
     "status",
 ]
 PROC_HEADERS = ["build", "process", "n", "PSS start", "PSS end", "USS start", "USS end", "USS growth"]

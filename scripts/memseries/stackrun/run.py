@@ -11,6 +11,8 @@ from pathlib import Path
 
 from memseries.bases import DEFAULT_BASE
 from memseries.stack import EXAMPLE_DAGS, Sample, Stack, StackConfig, StackError, tail
+from memseries.stack.procs import peak_rss
+from memseries.stackrun import conf_spike
 
 
 @dataclasses.dataclass
@@ -76,6 +78,8 @@ class RunResult:
     fork_uss: dict[int, int] = dataclasses.field(default_factory=dict)  # pid -> USS right after its fork
     failed_tasks: list[tuple] = dataclasses.field(default_factory=list)  # (dag_id, task_id, count)
     log_tails: dict[str, str] = dataclasses.field(default_factory=dict)  # component -> last lines of its log
+    scheduler_peak_rss: int = 0  # bytes, the scheduler's VmHWM just before it was stopped
+    conf_run: str = "-"  # the big-conf run (conf_spike): state and TIs, or "-" without that DAG
 
 
 def run_stack(build: DemoBuild, args, progress=None, log=print) -> RunResult:
@@ -98,15 +102,21 @@ def run_stack(build: DemoBuild, args, progress=None, log=print) -> RunResult:
     log_tails: dict[str, str] = {}
     error = None
     warmup = 0.0
+    peak, conf_run = 0, "-"
     task = progress.add_task(f"{build.label}: starting", total=args.duration) if progress else None
     try:
         with stack:
             sampler = stack.start_sampler(interval=args.sample_interval)
             end = time.monotonic() + args.duration
             roles_by_pid: dict[int, str] = {}
+            spike = "pending" if conf_spike.present(stack) else "absent"
             while True:
                 now = time.monotonic()
                 stack.check_alive()
+                if spike == "pending" and now - stack.t0 >= conf_spike.TRIGGER_AFTER:
+                    with contextlib.suppress(Exception):  # not serialized yet, or a locked SQLite: next tick
+                        if conf_spike.trigger(stack):
+                            spike = "triggered"
                 with contextlib.suppress(Exception):  # a locked SQLite read is retried next tick
                     counts = stack.task_counts()
                 if not warmup and counts.get("success"):
@@ -141,6 +151,10 @@ def run_stack(build: DemoBuild, args, progress=None, log=print) -> RunResult:
             ]
             for name, path in stack.logfiles.items():
                 log_tails[name] = tail(path, 300)
+            if "scheduler" in stack.procs:
+                peak = peak_rss(stack.procs["scheduler"].pid) or 0
+            if spike != "absent":
+                conf_run = conf_spike.run_state(stack)
     except StackError as e:
         error = str(e)
         log(f"[red]{build.label}: {e}[/red]" if progress else f"{build.label}: {e}")
@@ -161,4 +175,6 @@ def run_stack(build: DemoBuild, args, progress=None, log=print) -> RunResult:
         fork_uss,
         failed,
         log_tails,
+        peak,
+        conf_run,
     )
