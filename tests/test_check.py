@@ -40,18 +40,6 @@ def test_conflicting_patch_names_patch_file_and_hunk(fake_repo):
     ), line
 
 
-def test_shifted_hunk_is_refused_not_searched_for(fake_repo):
-    """`patch` and `git apply` would find the context two lines further down; the series must not rely on that."""
-    patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
-    text = patch.read_text()
-    m = re.search(r"^@@ -(\d+),(\d+) \+(\d+),(\d+) @@", text, re.M)
-    a, b, c, d = map(int, m.groups())
-    patch.write_text(text.replace(m.group(0), f"@@ -{a - 2},{b} +{c - 2},{d} @@", 1))
-    proc = fake_repo.memseries("check")
-    assert proc.returncode == 1
-    assert "0001-doc.patch: airflow-core/src/airflow/executors/local_executor.py: hunk #1" in proc.stderr
-
-
 def test_second_patch_applies_on_top_of_the_first(fake_repo):
     fake_repo.make_patch("0001-a.patch", replace_line(DOCSTRING, DOCSTRING + "    (first)\n"))
     fake_repo.make_patch("0002-b.patch", replace_line("    (first)\n", "    (first)\n    (second)\n"))
@@ -117,27 +105,31 @@ def test_junk_line_between_hunks_is_refused(fake_repo):
     ), line
 
 
-def test_offset_hunk_message_names_the_offset(fake_repo):
+def _edit_first_hunk_header(fake_repo, edit) -> tuple[str, tuple[int, int, int, int], str]:
+    """A one-hunk patch whose header `edit((a, b, c, d)) -> (a, b, c, d)` rewrites; (new header, old numbers, rest)."""
     patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
     text = patch.read_text()
     m = re.search(r"^@@ -(\d+),(\d+) \+(\d+),(\d+) @@", text, re.M)
-    a, b, c, d = map(int, m.groups())
-    patch.write_text(text.replace(m.group(0), f"@@ -{a - 3},{b} +{c - 3},{d} @@", 1))
+    old = tuple(map(int, m.groups()))
+    header = "@@ -{},{} +{},{} @@".format(*edit(old))
+    patch.write_text(text.replace(m.group(0), header, 1))
+    return header, old, text[m.end():].split("\n", 1)[0]
+
+
+def test_shifted_hunk_is_refused_not_searched_for(fake_repo):
+    """`git apply` would find the context three lines further down; the series must not rely on that."""
+    header, (_, _, c, _), rest = _edit_first_hunk_header(fake_repo, lambda h: (h[0] - 3, h[1], h[2] - 3, h[3]))
     proc = fake_repo.memseries("check")
     assert proc.returncode == 1
     assert proc.stderr.strip() == (
         "FAIL 3.1.3: 0001-doc.patch: airflow-core/src/airflow/executors/local_executor.py: hunk #1 "
-        f"(@@ -{a - 3},{b} +{c - 3},{d} @@{text[m.end():].split(chr(10), 1)[0]}) does not apply where its header "
-        f"says: git apply finds its context +3 lines away (at line {c}); restack the patch"
+        f"({header}{rest}) does not apply where its header says: git apply finds its context +3 lines away "
+        f"(at line {c}); restack the patch"
     )
 
 
 def test_miscounted_hunk_is_refused(fake_repo):
-    patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
-    text = patch.read_text()
-    m = re.search(r"^@@ -(\d+),(\d+) \+(\d+),(\d+) @@", text, re.M)
-    a, b, c, d = map(int, m.groups())
-    patch.write_text(text.replace(m.group(0), f"@@ -{a},{b + 5} +{c},{d + 5} @@", 1))
+    _edit_first_hunk_header(fake_repo, lambda h: (h[0], h[1] + 5, h[2], h[3] + 5))
     proc = fake_repo.memseries("check")
     assert proc.returncode == 1
     assert re.fullmatch(
