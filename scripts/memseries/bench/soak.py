@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from memseries.demo import add_common_arguments, run_all
+from memseries.stackrun.cli import add_common_arguments, run_all
 
 HELP = "long run of the real stack (default 30m per build): base vs base+memfix (vs 3.3.2), table + PNG"
 
