@@ -14,6 +14,10 @@ from memseries import paths
 from memseries.errors import SeriesError
 
 CORE = "apache-airflow-core"
+# The base a verb uses when none is given: upstream's latest release, what operators run.
+DEFAULT_BASE = "3.3.2"
+# The upstream reference benchmarks compare an older base with.
+UPSTREAM = "3.3.2"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`memseries demo`: the real Airflow stack on unpatched vs patched 3.1.3 (and optionally upstream 3.3.2).
+"""`memseries demo`: the real Airflow stack on an unpatched vs patched base (3.3.2 by default; --base 3.1.3).
 
 For each build: start api-server + dag-processor + scheduler (LocalExecutor) on SQLite (or PostgreSQL) over the
 bundled example DAGs (examples/dags: many short Bash/Python tasks, one DAG importing numpy), age every forked
@@ -23,10 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+from memseries.bases import DEFAULT_BASE
 from memseries.stack import EXAMPLE_DAGS, REPO, Sample, Stack, StackConfig, StackError, mib, tail
 
 HELP = (
-    "run the real Airflow stack on unpatched and patched 3.1.3 (aged workers), print the memory table + PNG"
+    "run the real Airflow stack on an unpatched and a patched base (default 3.3.2; aged workers), print the memory "
+    "table + PNG"
 )
 
 LONG_LIVED = ("scheduler", "dag-processor", "api-server")
@@ -75,20 +77,24 @@ def _ensure(base: str, patched: bool, log) -> Path:
 
 
 def resolve_builds(args, log) -> list[DemoBuild]:
+    """Unpatched base, patched base, and with --upstream the upstream reference (3.3.2) when it is not the base."""
+    from memseries.bases import UPSTREAM
+
+    base = getattr(args, "base", None) or DEFAULT_BASE
     builds = []
     if getattr(args, "unpatched_venv", None):
-        builds.append(DemoBuild("3.1.3", Path(args.unpatched_venv), False))
+        builds.append(DemoBuild(base, Path(args.unpatched_venv), False))
     else:
-        builds.append(DemoBuild("3.1.3", _ensure("3.1.3", False, log), False))
+        builds.append(DemoBuild(base, _ensure(base, False, log), False))
     if getattr(args, "patched_venv", None):
-        builds.append(DemoBuild("3.1.3+memfix", Path(args.patched_venv), True))
+        builds.append(DemoBuild(f"{base}+memfix", Path(args.patched_venv), True))
     else:
-        builds.append(DemoBuild("3.1.3+memfix", _ensure("3.1.3", True, log), True))
-    if getattr(args, "upstream", False):
+        builds.append(DemoBuild(f"{base}+memfix", _ensure(base, True, log), True))
+    if getattr(args, "upstream", False) and base != UPSTREAM:
         if getattr(args, "upstream_venv", None):
-            builds.append(DemoBuild("3.3.2", Path(args.upstream_venv), False))
+            builds.append(DemoBuild(UPSTREAM, Path(args.upstream_venv), False))
         else:
-            builds.append(DemoBuild("3.3.2", _ensure("3.3.2", False, log), False))
+            builds.append(DemoBuild(UPSTREAM, _ensure(UPSTREAM, False, log), False))
     return builds
 
 
@@ -364,7 +370,7 @@ def proc_table(results: list[RunResult], per_worker: bool = True) -> list[list[s
 
 def ratio_lines(results: list[RunResult]) -> list[str]:
     """Worker USS growth and end PSS, unpatched vs others."""
-    base = next((r for r in results if r.build.label == "3.1.3"), None)
+    base = next((r for r in results if not r.build.patched), None)
     if base is None:
         return []
 
@@ -379,7 +385,7 @@ def ratio_lines(results: list[RunResult]) -> list[str]:
         w = worker_mean(res)
         if b and w:
             out.append(
-                f"{res.build.label} vs 3.1.3: mean worker USS growth {w.growth:+.1f} vs {b.growth:+.1f} MiB, "
+                f"{res.build.label} vs {base.build.label}: mean worker USS growth {w.growth:+.1f} vs {b.growth:+.1f} MiB, "
                 f"end PSS {w.pss1:.1f} vs {b.pss1:.1f} MiB (x{(w.pss1 / b.pss1) if b.pss1 else 0:.2f})"
             )
     return out
@@ -454,7 +460,9 @@ def plot(results: list[RunResult], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"3.1.3": "#d62728", "3.1.3+memfix": "#2ca02c", "3.3.2": "#1f77b4"}
+    # unpatched base red, patched green, the upstream reference (run only beside an older base) blue
+    colors = {res.build.label: "#2ca02c" if res.build.patched else ("#d62728" if i == 0 else "#1f77b4")
+              for i, res in enumerate(results)}
     per_build = {res.build.label: process_rows(res, per_worker=True) for res in results}
     names: list[str] = []
     for rows in per_build.values():
@@ -574,17 +582,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_duration: str)
     )
     parser.add_argument("--sample-interval", type=float, default=5.0, help="seconds between memory samples")
     parser.add_argument(
-        "--unpatched-venv", type=Path, help="use this venv as unpatched 3.1.3 instead of building it"
+        "--unpatched-venv", type=Path, help="use this venv as the unpatched base instead of building it"
     )
     parser.add_argument(
-        "--patched-venv", type=Path, help="use this venv as patched 3.1.3 instead of building it"
+        "--patched-venv", type=Path, help="use this venv as the patched base instead of building it"
     )
     parser.add_argument("--upstream-venv", type=Path, help="use this venv as upstream 3.3.2")
+    parser.add_argument(
+        "--base", default=os.environ.get("BASE") or DEFAULT_BASE, help=f"Airflow release (default {DEFAULT_BASE})"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, os.environ.get("DURATION") or "3m")
-    parser.add_argument("--upstream", action="store_true", help="also run upstream Airflow 3.3.2")
+    parser.add_argument("--upstream", action="store_true", help="also run upstream Airflow 3.3.2 (when the base is older)")
 
 
 def run_all(args, name: str, title: str) -> int:

@@ -14,14 +14,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from memseries import paths, series
-from memseries.bases import get_base
+from memseries.bases import DEFAULT_BASE, get_base
 from memseries.venv import ensure_venv
 
 HELP = "run each patch's test modules on the unpatched base venv; succeed only if each has a failing test there"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", default="3.1.3", help="Airflow release (default 3.1.3)")
+    parser.add_argument("--base", default=DEFAULT_BASE, help=f"Airflow release (default {DEFAULT_BASE})")
     parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgres"))
     parser.add_argument("--python", type=Path, help="the unpatched interpreter to use (default: the base's unpatched venv)")
 
@@ -53,6 +53,9 @@ def outcomes(python: Path, module: str, backend: str) -> dict[str, int]:
 
 def run(args) -> int:
     base = get_base(args.base)
+    if not base.patched:
+        print(f"base {base.version} has no series: nothing to prove")
+        return 0
     python = args.python or ensure_venv(base.version, patched=False) / "bin" / "python"
     unproven = 0
     print(f"{'patch':46} {'test module (airflow-core/tests/)':56} {'fail':>4} {'err':>4} {'pass':>4}  verdict")

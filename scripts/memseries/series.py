@@ -27,6 +27,22 @@ def test_modules(patch: Patch) -> list[str]:
     return patch.trailers.get("Tests", [])
 
 
+def base_test_modules(base: Base) -> list[str]:
+    """Every test module the base's series lists in `Tests:` trailers, in series order, each once.
+
+    The test tree (airflow-core/tests/) is shared by every base; a base runs only these modules. A base without a
+    series has none.
+    """
+    if not base.patched:
+        return []
+    modules: list[str] = []
+    for patch in load(base):
+        for module in test_modules(patch):
+            if module not in modules:
+                modules.append(module)
+    return modules
+
+
 def newsfragment(patch: Patch) -> str | None:
     values = patch.trailers.get("Newsfragment", [])
     return values[0] if values else None

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from memseries import paths
+from memseries.bases import DEFAULT_BASE, UPSTREAM
 from memseries.errors import SeriesError
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -29,7 +30,7 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 
 @dataclass(frozen=True)
 class Build:
-    label: str  # "3.1.3", "3.1.3+memfix", "3.3.2"
+    label: str  # "3.3.2", "3.3.2+memfix"; with --base 3.1.3: "3.1.3", "3.1.3+memfix", "3.3.2"
     python: Path
     patched: bool
 
@@ -45,8 +46,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--builds",
         default=",".join(BUILD_CHOICES),
-        help="comma-separated subset of base (unpatched 3.1.3), patched (3.1.3 + series), upstream (3.3.2)",
+        help="comma-separated subset of base (unpatched --base), patched (--base + series), upstream (3.3.2; "
+        "only when --base is older)",
     )
+    parser.add_argument("--base", default=DEFAULT_BASE, help=f"Airflow release under test (default {DEFAULT_BASE})")
     parser.add_argument(
         "--patched-python",
         type=Path,
@@ -68,6 +71,7 @@ def builds(args: argparse.Namespace | None = None) -> list[Build]:
     unknown = [w for w in wanted if w not in BUILD_CHOICES]
     if unknown:
         raise SeriesError(f"unknown build(s) {unknown}: choose from {', '.join(BUILD_CHOICES)}")
+    base = getattr(args, "base", None) or DEFAULT_BASE
     base_python = getattr(args, "base_python", None)
     patched_python = getattr(args, "patched_python", None)
     out = []
@@ -75,15 +79,15 @@ def builds(args: argparse.Namespace | None = None) -> list[Build]:
         if w not in wanted:
             continue
         if w == "base" and base_python:
-            out.append(Build("3.1.3", base_python.absolute(), False))
+            out.append(Build(base, base_python.absolute(), False))
         elif w == "patched" and patched_python:
-            out.append(Build(local_version("3.1.3"), patched_python.absolute(), True))
+            out.append(Build(local_version(base), patched_python.absolute(), True))
         elif w == "base":
-            out.append(Build("3.1.3", ensure_venv("3.1.3", patched=False) / "bin" / "python", False))
+            out.append(Build(base, ensure_venv(base, patched=False) / "bin" / "python", False))
         elif w == "patched":
-            out.append(Build(local_version("3.1.3"), ensure_venv("3.1.3", patched=True) / "bin" / "python", True))
-        else:
-            out.append(Build("3.3.2", ensure_venv("3.3.2", patched=False) / "bin" / "python", False))
+            out.append(Build(local_version(base), ensure_venv(base, patched=True) / "bin" / "python", True))
+        elif base != UPSTREAM:
+            out.append(Build(UPSTREAM, ensure_venv(UPSTREAM, patched=False) / "bin" / "python", False))
     return out
 
 
