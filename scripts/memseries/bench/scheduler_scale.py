@@ -26,7 +26,7 @@ from pathlib import Path
 from memseries.bench import common
 
 PAYLOAD = "scheduler_scale.py"
-BASE = "3.3.2"
+BASE = "3.3.2"  # the base issue #16's patches are written for
 # (scenario, title, size label)
 SCENARIOS = (
     ("asset_create", "asset-triggered run creation (_create_dag_runs_asset_triggered)", "events in the window"),
@@ -45,9 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mapped", default="1000,10000", help="scheduling decisions: mapped TIs (99%% finished)")
     parser.add_argument("--dags", default="100,1000", help="_create_dag_runs: due DAGs")
     parser.add_argument("--no-real-scheduler", action="store_true", help="skip the real `airflow scheduler` run")
-    parser.add_argument(
-        "--patched-python", type=Path, help="interpreter of the patched build instead of the series venv"
-    )
+    common.add_build_arguments(parser)
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("MEMSERIES_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
@@ -56,13 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _builds(args) -> list[common.Build]:
-    from memseries.venv import ensure_venv, local_version
+    """[unpatched base, patched base]: this benchmark compares exactly those two (default base 3.3.2)."""
+    from memseries.errors import SeriesError
 
-    patched_python = args.patched_python or ensure_venv(BASE, patched=True) / "bin" / "python"
-    return [
-        common.Build(BASE, ensure_venv(BASE, patched=False) / "bin" / "python", False),
-        common.Build(local_version(BASE), Path(patched_python).absolute(), True),
-    ]
+    builds = [b for b in common.builds(args) if b.label.split("+")[0] == (args.base or BASE)]
+    unpatched = [b for b in builds if not b.patched]
+    patched = [b for b in builds if b.patched]
+    if len(unpatched) != 1 or len(patched) != 1:
+        raise SeriesError("scheduler-scale compares the unpatched base with the patched build: use --builds base,patched")
+    return [unpatched[0], patched[0]]
 
 
 def _find(results: dict, backend: str, label: str, scenario: str, size: int | None = None) -> dict | None:
