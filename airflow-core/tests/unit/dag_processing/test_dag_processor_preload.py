@@ -126,7 +126,9 @@ def _manager(max_runs: int, folder: Path):
     return _UntilParsed(max_runs=max_runs)
 
 
-def _run_manager_scenario(home: Path, tmp: Path, preload: str | None, dag_modules: list[str]) -> dict:
+def _run_manager_scenario(
+    home: Path, tmp: Path, preload: str | None, dag_modules: list[str], zygote: bool = True
+) -> dict:
     """Run the manager over one DAG file per module in `dag_modules`, PARSE_RUNS times each."""
     dags = home / "dags"
     for path in dags.iterdir():
@@ -149,6 +151,8 @@ def _run_manager_scenario(home: Path, tmp: Path, preload: str | None, dag_module
         mp.setenv("AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL", "0")
         mp.setenv("AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES", "2")
         mp.setenv("AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT", str(PARSE_TIMEOUT))
+        # with the parse zygote (patch 0011) preloading happens there; without it, in the manager
+        mp.setenv("AIRFLOW__DAG_PROCESSOR__PARSE_ZYGOTE", str(zygote))
         if preload is None:
             mp.delenv("AIRFLOW__DAG_PROCESSOR__PRELOAD_MODULES", raising=False)
         else:
@@ -190,6 +194,14 @@ def preload_run(airflow_home, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def preload_run_in_manager(airflow_home, tmp_path_factory):
+    """The same scenario with the parse zygote off: the manager itself preloads."""
+    return _run_manager_scenario(
+        Path(airflow_home), tmp_path_factory.mktemp("preload-manager"), LISTED, DAG_MODULES, zygote=False
+    )
+
+
+@pytest.fixture(scope="module")
 def no_preload_run(airflow_home, tmp_path_factory):
     return _run_manager_scenario(
         Path(airflow_home),
@@ -225,8 +237,9 @@ def test_option_is_documented_with_empty_default():
     assert "sys.path" in option["description"]  # how names resolve when DAG bundles add their paths
 
 
-def test_listed_module_preloaded_only_after_a_successful_child_import(preload_run):
-    run = preload_run
+@pytest.mark.parametrize("where", ["preload_run", "preload_run_in_manager"])
+def test_listed_module_preloaded_only_after_a_successful_child_import(request, where):
+    run = request.getfixturevalue(where)
     parent = _parent_imports(run, "pl_ok")
     assert parent, run["imports"]
     first_parent = run["imports"].index(parent[0])
@@ -243,8 +256,9 @@ def test_listed_module_preloaded_only_after_a_successful_child_import(preload_ru
     assert "pl_ok" in run["manager"]._preloaded_modules
 
 
-def test_preload_import_runs_outside_any_db_session_or_transaction(preload_run):
-    run = preload_run
+@pytest.mark.parametrize("where", ["preload_run", "preload_run_in_manager"])
+def test_preload_import_runs_outside_any_db_session_or_transaction(request, where):
+    run = request.getfixturevalue(where)
     server_side = [i for i in run["imports"] if i[2] == "server"]
     assert {i[0] for i in server_side} == {"pl_ok", "pl_parent_fails"}, run["imports"]
     # no connection checked out of the metadata DB pool, no ORM transaction open, while user code imported
