@@ -1,4 +1,4 @@
-"""3.3.2 series: per-parse setup done once, before the fork (patches 0012-0014).
+"""3.3.2 series: per-parse setup done once, before the fork: the pydantic adapters (patch 0012).
 
 A parse process freezes what it inherited first thing (patch 0009), so anything still tracked by the garbage
 collector at the end of its DAG file was created in the parse process itself; anything not tracked (and
@@ -80,14 +80,3 @@ def probe_run(airflow_home, clear_db, tmp_path):
 def test_comms_adapters_built_before_the_fork(probe_run):
     """0012: both pydantic adapters of the parse process's comms decoder are inherited, not built per parse."""
     assert [(r["body_decoder_built_here"], r["err_decoder_built_here"]) for r in probe_run] == [(False, False)] * 2
-
-
-def test_logging_not_configured_per_parse(probe_run):
-    """0013: the parse process's logging handlers come from the zygote; no dictConfig ran in the parse process."""
-    assert all(r["handlers"] > 0 for r in probe_run), probe_run
-    assert [r["handlers_built_here"] for r in probe_run] == [0, 0]
-
-
-def test_no_engine_pool_recreated_in_parse_process(probe_run):
-    """0014: no SQLAlchemy pool was created (by the at-fork engine dispose) in the parse process."""
-    assert [r["pools_built_here"] for r in probe_run] == [0, 0]
