@@ -57,7 +57,7 @@ def test_apply_refuses_a_wheel_of_another_version(fake_repo, tmp_path):
     root = unpack(fake_repo.wheel, tmp_path)
     proc = fake_repo.memseries("apply", "--base", "3.3.2", str(root))
     assert proc.returncode == 1
-    assert proc.stderr.strip().endswith(f"{root} holds apache-airflow-core 3.1.3, not base 3.3.2")
+    assert proc.stderr.strip().endswith(f"{root} holds apache-airflow-core 3.1.3, not apache-airflow-core 3.3.2 of base 3.3.2")
 
 
 def test_build_makes_a_local_version_wheel_with_a_valid_record(fake_repo, tmp_path):

@@ -40,18 +40,6 @@ def test_conflicting_patch_names_patch_file_and_hunk(fake_repo):
     ), line
 
 
-def test_shifted_hunk_is_refused_not_searched_for(fake_repo):
-    """`patch` and `git apply` would find the context two lines further down; the series must not rely on that."""
-    patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
-    text = patch.read_text()
-    m = re.search(r"^@@ -(\d+),(\d+) \+(\d+),(\d+) @@", text, re.M)
-    a, b, c, d = map(int, m.groups())
-    patch.write_text(text.replace(m.group(0), f"@@ -{a - 2},{b} +{c - 2},{d} @@", 1))
-    proc = fake_repo.memseries("check")
-    assert proc.returncode == 1
-    assert "0001-doc.patch: airflow-core/src/airflow/executors/local_executor.py: hunk #1" in proc.stderr
-
-
 def test_second_patch_applies_on_top_of_the_first(fake_repo):
     fake_repo.make_patch("0001-a.patch", replace_line(DOCSTRING, DOCSTRING + "    (first)\n"))
     fake_repo.make_patch("0002-b.patch", replace_line("    (first)\n", "    (first)\n    (second)\n"))
@@ -92,3 +80,60 @@ def test_series_and_patch_files_must_agree(fake_repo):
     (fake_repo.base_dir / "series").write_text("")
     proc = fake_repo.memseries("check")
     assert proc.returncode == 1 and "not listed in the series: 0001-doc.patch" in proc.stderr
+
+
+def test_junk_line_between_hunks_is_refused(fake_repo):
+    """`git am` refuses a patch with a stray line between two hunks; `check` must refuse it too."""
+    patch = fake_repo.make_patch(
+        "0001-two.patch",
+        lambda text: replace_line("    def terminate(self):\n", "    def terminate(self):  # (patched)\n")(
+            replace_line(DOCSTRING, DOCSTRING + "    (patched)\n")(text)
+        ),
+    )
+    text = patch.read_text()
+    second = [m.start() for m in re.finditer(r"^@@ ", text, re.M)][1]
+    patch.write_text(text[:second] + "junk between the hunks\n" + text[second:])
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    line = proc.stderr.strip()
+    assert "\n" not in line
+    assert re.fullmatch(
+        r"FAIL 3\.1\.3: 0001-two\.patch: airflow-core/src/airflow/executors/local_executor\.py: hunk #2 "
+        r"\(@@ -\d+,\d+ \+\d+,\d+ @@.*\) is cut off from its file by a stray line before it "
+        r"\(git apply: patch fragment without header at line \d+\)",
+        line,
+    ), line
+
+
+def _edit_first_hunk_header(fake_repo, edit) -> tuple[str, tuple[int, int, int, int], str]:
+    """A one-hunk patch whose header `edit((a, b, c, d)) -> (a, b, c, d)` rewrites; (new header, old numbers, rest)."""
+    patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    text = patch.read_text()
+    m = re.search(r"^@@ -(\d+),(\d+) \+(\d+),(\d+) @@", text, re.M)
+    old = tuple(map(int, m.groups()))
+    header = "@@ -{},{} +{},{} @@".format(*edit(old))
+    patch.write_text(text.replace(m.group(0), header, 1))
+    return header, old, text[m.end():].split("\n", 1)[0]
+
+
+def test_shifted_hunk_is_refused_not_searched_for(fake_repo):
+    """`git apply` would find the context three lines further down; the series must not rely on that."""
+    header, (_, _, c, _), rest = _edit_first_hunk_header(fake_repo, lambda h: (h[0] - 3, h[1], h[2] - 3, h[3]))
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "FAIL 3.1.3: 0001-doc.patch: airflow-core/src/airflow/executors/local_executor.py: hunk #1 "
+        f"({header}{rest}) does not apply where its header says: git apply finds its context +3 lines away "
+        f"(at line {c}); restack the patch"
+    )
+
+
+def test_miscounted_hunk_is_refused(fake_repo):
+    _edit_first_hunk_header(fake_repo, lambda h: (h[0], h[1] + 5, h[2], h[3] + 5))
+    proc = fake_repo.memseries("check")
+    assert proc.returncode == 1
+    assert re.fullmatch(
+        r"FAIL 3\.1\.3: 0001-doc\.patch: airflow-core/src/airflow/executors/local_executor\.py: hunk #1 \(@@ .*\) "
+        r"is malformed \(git apply: corrupt patch at line \d+\)",
+        proc.stderr.strip(),
+    ), proc.stderr

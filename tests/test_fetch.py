@@ -2,47 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import http.server
-import json
 import shutil
-import threading
-
-import pytest
 
 NAME = "apache_airflow_core-3.1.3-py3-none-any.whl"
-
-
-@pytest.fixture
-def local_index(wheel, tmp_path):
-    """A PEP 691 index on loopback that serves the real wheel and counts downloads."""
-    served = {"downloads": 0}
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path.rstrip("/") == "/simple/apache-airflow-core":
-                body = json.dumps({"files": [{"filename": NAME, "url": f"http://127.0.0.1:{port}/files/{NAME}",
-                                              "hashes": {"sha256": digest}}]}).encode()
-            elif self.path == f"/files/{NAME}":
-                served["downloads"] += 1
-                body = wheel.read_bytes()
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{port}/simple", served
-    server.shutdown()
 
 
 def test_first_run_downloads_second_run_uses_cache(fake_repo, local_index, tmp_path):

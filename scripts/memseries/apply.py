@@ -1,4 +1,4 @@
-"""apply: apply a base's series to an unpacked apache-airflow-core wheel, all or nothing."""
+"""apply: apply a base's series to an unpacked wheel of one of its distributions, all or nothing."""
 
 from __future__ import annotations
 
@@ -6,37 +6,48 @@ import argparse
 from pathlib import Path
 
 from memseries import series
-from memseries.applier import apply_series, read_from_dir, write_to_dir
-from memseries.bases import get_base
+from memseries.bases import DEFAULT_BASE, Base, Series, get_base
 from memseries.errors import SeriesError
+from memseries.gitapply import apply_series, read_from_dir, write_to_dir
 
-HELP = "apply a base's series to an unpacked apache-airflow-core wheel directory (exactly, all or nothing)"
+HELP = "apply a base's series to an unpacked wheel directory (apache-airflow-core or a patched provider; exactly, all or nothing)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", required=True, help="Airflow release the directory was unpacked from, e.g. 3.1.3")
+    parser.add_argument("--base", default=DEFAULT_BASE, help=f"Airflow release the wheel belongs to (default {DEFAULT_BASE})")
     parser.add_argument("dir", type=Path, help="an unpacked wheel: the directory that holds airflow/ and *.dist-info")
 
 
-def unpacked_version(root: Path) -> str:
-    infos = sorted(root.glob("apache_airflow_core-*.dist-info"))
-    if not (root / "airflow" / "__init__.py").is_file() or len(infos) != 1:
-        raise SeriesError(f"{root} is not an unpacked apache-airflow-core wheel (no airflow/ and one dist-info)")
-    return infos[0].name[len("apache_airflow_core-"): -len(".dist-info")]
+def unpacked(root: Path) -> tuple[str, str]:
+    """(wheel stem, version) of an unpacked wheel directory."""
+    infos = sorted(root.glob("*.dist-info"))
+    if not (root / "airflow").is_dir() or len(infos) != 1:
+        raise SeriesError(f"{root} is not an unpacked Airflow wheel (no airflow/ and one dist-info)")
+    stem, _, version = infos[0].name[: -len(".dist-info")].partition("-")
+    return stem, version
 
 
-def apply_to_unpacked(base_version: str, root: Path) -> dict[str, str | None]:
-    base = get_base(base_version)
-    found = unpacked_version(root)
-    if found != base.version:
-        raise SeriesError(f"{root} holds apache-airflow-core {found}, not base {base.version}")
-    changed = apply_series(series.load(base), read_from_dir(root))
+def series_for(base: Base, stem: str) -> Series:
+    for s in base.series:
+        if s.dist.wheel_stem == stem:
+            return s
+    raise SeriesError(f"base {base.version} patches no distribution {stem} "
+                      f"(it patches: {', '.join(s.dist.name for s in base.series) or 'nothing'})")
+
+
+def apply_to_unpacked(base: Base, root: Path, s: Series | None = None) -> dict[str, bytes | None]:
+    stem, found = unpacked(root)
+    s = s or series_for(base, stem)
+    want = base.pinned_version(s.dist.name)
+    if stem != s.dist.wheel_stem or found != want:
+        raise SeriesError(f"{root} holds {stem.replace('_', '-')} {found}, not {s.dist.name} {want} of base {base.version}")
+    changed = apply_series(series.load(s), read_from_dir(root), s.dist.src_prefix, s.dist.not_installed)
     write_to_dir(root, changed)
     return changed
 
 
 def run(args) -> int:
-    changed = apply_to_unpacked(args.base, args.dir)
+    changed = apply_to_unpacked(get_base(args.base), args.dir)
     for rel in sorted(changed):
         print(f"patched {rel}")
     return 0

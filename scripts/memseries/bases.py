@@ -1,33 +1,85 @@
-"""The supported bases: one directory per Airflow release under airflow-core/patches/.
+"""Bases and the series patched on them: distributions as data.
 
-A base directory holds `requirements.in` (what a venv of that base contains), `constraints.txt` (its exact,
-hashed pins, `uv pip compile` output) and, when the base is patched, `series` plus the patch files.
+A **base** is an Airflow release: a directory `airflow-core/patches/<version>/` with `requirements.in`, and
+`constraints.txt` (exact hashed pins; authoritative for every distribution's version), plus, when core is
+patched, `series` and the patch files.
+
+A **series** is one distribution's patches for one of its versions, in `<root>/patches/<version>/` (`series` and
+the patch files): `airflow-core/patches/<v>/`, `providers/<name>/patches/<v>/`, `task-sdk/patches/<v>/`. A
+provider or task-sdk series is patched on a base when its directory's version is the version the base's
+constraints pin for that distribution (and, if the series directory has a `bases` file, the base is listed
+there). Resolve a base once (`get_base`) at the CLI edge and pass the `Base` down.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from memseries import paths
 from memseries.errors import SeriesError
 
 CORE = "apache-airflow-core"
+# The base a verb uses when none is given: upstream's latest release, what operators run.
+DEFAULT_BASE = "3.3.2"
+# The upstream reference benchmarks compare an older base with.
+UPSTREAM = "3.3.2"
 
 
 @dataclass(frozen=True)
-class Base:
+class Distribution:
+    """A wheel we patch. Paths are apache/airflow repository paths."""
+
+    name: str  # on PyPI: apache-airflow-core, apache-airflow-providers-celery, apache-airflow-task-sdk
+    root: str  # its directory in the repository: airflow-core, providers/celery, task-sdk
+    package: str  # the package inside the wheel whose __init__.py holds __version__
+    newsfragments: str  # where this repo keeps its fragments (the Newsfragment: trailer's prefix)
+    upstream_newsfragments: str  # where apache/airflow keeps them (export writes them there)
+
+    @property
+    def src_prefix(self) -> str:
+        return f"{self.root}/src/"
+
+    @property
+    def tests_prefix(self) -> str:
+        return f"{self.root}/tests/"
+
+    @property
+    def not_installed(self) -> tuple[str, ...]:
+        """Repository paths a patch may carry that are not part of the wheel."""
+        return (self.tests_prefix, self.newsfragments, self.upstream_newsfragments)
+
+    @property
+    def wheel_stem(self) -> str:
+        return self.name.replace("-", "_")
+
+    def wheel_name(self, version: str) -> str:
+        return f"{self.wheel_stem}-{version}-py3-none-any.whl"
+
+
+AIRFLOW_CORE = Distribution(CORE, "airflow-core", "airflow", "newsfragments/", "airflow-core/newsfragments/")
+TASK_SDK = Distribution("apache-airflow-task-sdk", "task-sdk", "airflow/sdk", "task-sdk/newsfragments/",
+                        "task-sdk/newsfragments/")
+
+
+def provider(name: str) -> Distribution:
+    """providers/<name> (e.g. celery, cncf/kubernetes) of apache/airflow."""
+    root = f"providers/{name}"
+    return Distribution(f"apache-airflow-providers-{name.replace('/', '-')}", root, f"airflow/providers/{name}",
+                        f"{root}/newsfragments/", f"{root}/newsfragments/")
+
+
+@dataclass(frozen=True)
+class Series:
+    dist: Distribution
     version: str
     dir: Path
 
     @property
-    def constraints(self) -> Path:
-        return self.dir / "constraints.txt"
-
-    @property
-    def requirements(self) -> Path:
-        return self.dir / "requirements.in"
+    def label(self) -> str:
+        return f"{self.dist.name} {self.version}"
 
     @property
     def series_file(self) -> Path:
@@ -37,14 +89,17 @@ class Base:
     def patched(self) -> bool:
         return self.series_file.exists()
 
-    @property
-    def wheel_name(self) -> str:
-        return f"apache_airflow_core-{self.version}-py3-none-any.whl"
+    def for_base(self, base_version: str) -> bool:
+        """A `bases` file in the series directory (one Airflow version a line) limits the bases it is patched on."""
+        listed = self.dir / "bases"
+        if not listed.is_file():
+            return True
+        return base_version in listed.read_text().split()
 
-    def series(self) -> list[Path]:
+    def patch_files(self) -> list[Path]:
         """The patch files in order. Every listed file must exist and every patch file must be listed."""
         if not self.patched:
-            raise SeriesError(f"base {self.version} has no series ({self.series_file} is missing)")
+            raise SeriesError(f"{self.label} has no series ({self.series_file} is missing)")
         names = []
         for lineno, raw in enumerate(self.series_file.read_text().splitlines(), 1):
             line = raw.split("#", 1)[0].strip()
@@ -60,6 +115,57 @@ class Base:
             raise SeriesError(f"{self.series_file}: patch file(s) not listed in the series: {', '.join(unlisted)}")
         return [self.dir / n for n in names]
 
+
+def other_series() -> list[Series]:
+    """Every provider and task-sdk series directory in the repository (patched or not)."""
+    found = []
+    for d in sorted(paths.REPO.glob("providers/**/patches/*/")):
+        name = d.parent.parent.relative_to(paths.REPO / "providers").as_posix()
+        found.append(Series(provider(name), d.name, d))
+    for d in sorted(paths.REPO.glob("task-sdk/patches/*/")):
+        found.append(Series(TASK_SDK, d.name, d))
+    return [s for s in found if s.dir.is_dir()]
+
+
+@dataclass(frozen=True)
+class Base:
+    version: str
+    dir: Path
+
+    @property
+    def constraints(self) -> Path:
+        return self.dir / "constraints.txt"
+
+    def constraints_for(self, python: str | None = None) -> Path:
+        """constraints-py3.13.txt when the pins differ on that Python, else constraints.txt."""
+        if python:
+            special = self.dir / f"constraints-py{python}.txt"
+            if special.is_file():
+                return special
+        return self.constraints
+
+    @property
+    def requirements(self) -> Path:
+        return self.dir / "requirements.in"
+
+    @property
+    def core(self) -> Series:
+        return Series(AIRFLOW_CORE, self.version, self.dir)
+
+    @cached_property
+    def series(self) -> tuple[Series, ...]:
+        """Every series patched on this base: core's first, then providers and task-sdk, by directory."""
+        out = [self.core] if self.core.patched else []
+        text = self.constraints.read_text()
+        for s in other_series():
+            if s.patched and _pin(text, s.dist.name) == s.version and s.for_base(self.version):
+                out.append(s)
+        return tuple(out)
+
+    @property
+    def patched(self) -> bool:
+        return bool(self.series)
+
     def pinned_hashes(self, package: str = CORE) -> set[str]:
         """sha256 hashes the constraints file allows for `package` (wheel and sdist)."""
         text = self.constraints.read_text()
@@ -69,15 +175,19 @@ class Base:
         return set(re.findall(r"sha256:([0-9a-f]{64})", m.group(1)))
 
     def pinned_version(self, package: str) -> str:
-        m = re.search(rf"^{re.escape(package)}==(\S+)", self.constraints.read_text(), re.M)
-        if not m:
+        version = _pin(self.constraints.read_text(), package)
+        if version is None:
             raise SeriesError(f"{self.constraints}: {package} is not pinned")
-        return m.group(1)
+        return version
+
+
+def _pin(constraints_text: str, package: str) -> str | None:
+    m = re.search(rf"^{re.escape(package)}==(\S+)", constraints_text, re.M)
+    return m.group(1) if m else None
 
 
 def all_bases() -> list[Base]:
-    found = [Base(d.name, d) for d in sorted(paths.PATCHES.iterdir()) if (d / "constraints.txt").is_file()]
-    return found
+    return [Base(d.name, d) for d in sorted(paths.PATCHES.iterdir()) if (d / "constraints.txt").is_file()]
 
 
 def get_base(version: str) -> Base:

@@ -9,7 +9,7 @@ from memseries import series
 from memseries.bases import get_base, patched_bases
 from memseries.errors import SeriesError
 
-HELP = "verify that every series applies exactly to its pristine base and that each patch is complete"
+HELP = "verify that every series of every base applies exactly to its pristine wheel and that each patch is complete"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,17 +22,19 @@ def run(args) -> int:
         raise SeriesError("no patched base found (no airflow-core/patches/<base>/series)")
     failures = 0
     for base in bases:
-        try:
-            patches = series.load(base)
-            problems = [p for patch in patches for p in series.metadata_problems(patch)]
-            changed = series.apply_to_pristine(base, patches)
-        except SeriesError as exc:
-            print(f"FAIL {base.version}: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        for problem in problems:
-            print(f"FAIL {base.version}: {problem}", file=sys.stderr)
-        failures += bool(problems)
-        if not problems:
-            print(f"ok   {base.version}: {len(patches)} patches apply exactly, {len(changed)} files changed")
+        for s in base.series:
+            try:
+                patches = series.load(s)
+                problems = [p for patch in patches for p in series.metadata_problems(patch, s)]
+                changed = series.apply_to_pristine(base, s, patches)
+            except SeriesError as exc:
+                print(f"FAIL {base.version}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            for problem in problems:
+                print(f"FAIL {base.version}: {problem}", file=sys.stderr)
+            failures += bool(problems)
+            if not problems:
+                print(f"ok   {base.version}: {len(patches)} patches apply exactly, {len(changed)} files changed "
+                      f"({s.label})")
     return 1 if failures else 0

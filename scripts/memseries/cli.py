@@ -8,7 +8,7 @@ import sys
 
 from memseries.errors import SeriesError
 
-VERBS = ("check", "apply", "build", "venv", "export", "prove", "workspace", "refresh", "bench", "demo")
+VERBS = ("check", "apply", "build", "venv", "export", "prove", "unit", "workspace", "refresh", "bench", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,14 +14,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from memseries import paths, series
-from memseries.bases import get_base
-from memseries.venv import ensure_venv
+from memseries.bases import DEFAULT_BASE, get_base
+from memseries.venv import venv_python
 
 HELP = "run each patch's test modules on the unpatched base venv; succeed only if each has a failing test there"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", default="3.1.3", help="Airflow release (default 3.1.3)")
+    parser.add_argument("--base", default=DEFAULT_BASE, help=f"Airflow release (default {DEFAULT_BASE})")
     parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgres"))
     parser.add_argument("--python", type=Path, help="the unpatched interpreter to use (default: the base's unpatched venv)")
 
@@ -31,7 +31,7 @@ def outcomes(python: Path, module: str, backend: str) -> dict[str, int]:
         xml = Path(tmp) / "junit.xml"
         subprocess.run(
             [str(python), "-m", "pytest", module, "-q", "-p", "no:cacheprovider", "--import-mode=importlib",
-             f"--backend={backend}", f"--junitxml={xml}", "-o", "junit_family=xunit1"],
+             f"--junitxml={xml}", "-o", "junit_family=xunit1"],
             cwd=paths.REPO, capture_output=True, text=True, env={**os.environ, "MEMSERIES_BACKEND": backend},
         )
         counts = {"tests": 0, "failed": 0, "errors": 0, "skipped": 0, "passed": 0}
@@ -53,17 +53,21 @@ def outcomes(python: Path, module: str, backend: str) -> dict[str, int]:
 
 def run(args) -> int:
     base = get_base(args.base)
-    python = args.python or ensure_venv(base.version, patched=False) / "bin" / "python"
+    if not base.patched:
+        print(f"base {base.version} has no series: nothing to prove")
+        return 0
+    python = args.python or venv_python(base, patched=False)
     unproven = 0
-    print(f"{'patch':46} {'test module (airflow-core/tests/)':56} {'fail':>4} {'err':>4} {'pass':>4}  verdict")
-    for patch in series.load(base):
-        for module in series.test_modules(patch):
-            c = outcomes(python, module, args.backend)
-            ok = c["failed"] > 0
-            unproven += not ok
-            verdict = "proven (fails on the base)" if ok else "NOT PROVEN: nothing fails without the patch"
-            short = module.removeprefix("airflow-core/tests/")
-            print(f"{patch.name:46} {short:56} {c['failed']:>4} {c['errors']:>4} {c['passed']:>4}  {verdict}")
+    print(f"{'patch':46} {'test module':66} {'fail':>4} {'err':>4} {'pass':>4}  verdict")
+    for s in base.series:
+        for patch in series.load(s):
+            for module in series.test_modules(patch):
+                c = outcomes(python, module, args.backend)
+                ok = c["failed"] > 0
+                unproven += not ok
+                verdict = "proven (fails on the base)" if ok else "NOT PROVEN: nothing fails without the patch"
+                short = module.replace("/tests/unit/", "/…/", 1)
+                print(f"{patch.name:46} {short:66} {c['failed']:>4} {c['errors']:>4} {c['passed']:>4}  {verdict}")
     if unproven:
         print(f"{unproven} test module(s) do not fail on the unpatched base {base.version}")
         return 1

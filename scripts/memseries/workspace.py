@@ -1,6 +1,8 @@
 """workspace: a git checkout of a base's pristine sources (upstream paths) with its series applied as commits.
 
-The way to write or restack a patch: edit and commit there, then `memseries refresh` writes the patch files.
+Every distribution the base patches is there at its repository path (airflow-core/src/..., providers/celery/
+src/...), core's series first, then the others. The way to write or restack a patch: edit and commit there, then
+`memseries refresh` writes the patch files back, each commit to the series of the distribution it changes.
 """
 
 from __future__ import annotations
@@ -10,17 +12,17 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from memseries.bases import get_base
+from memseries.bases import DEFAULT_BASE, Base, get_base
 from memseries.errors import SeriesError
-from memseries.fetch import base_wheel
+from memseries.fetch import dist_wheel
 
-HELP = "make a git workspace of a base's pristine sources (tag `base`) with the series applied as commits"
+HELP = "make a git workspace of a base's pristine sources (tag `base`) with its series applied as commits"
 IDENTITY = ["-c", "user.name=memseries", "-c", "user.email=memseries@localhost"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", required=True, help="Airflow release, e.g. 3.1.3")
-    parser.add_argument("--upto", type=int, help="apply only the first N patches of the series")
+    parser.add_argument("--base", default=DEFAULT_BASE, help=f"Airflow release (default {DEFAULT_BASE})")
+    parser.add_argument("--upto", type=int, help="apply only the first N patches (core's series first)")
     parser.add_argument("dir", type=Path, help="a directory that does not exist yet")
 
 
@@ -31,26 +33,34 @@ def git(repo: Path, *args: str) -> str:
     return proc.stdout
 
 
-def make_workspace(base_version: str, target: Path, upto: int | None = None) -> Path:
-    base = get_base(base_version)
+def workspace_series(base: Base):
+    """Core (patched or not) first, then every other series the base patches."""
+    return [base.core] + [s for s in base.series if s != base.core]
+
+
+def make_workspace(base: Base, target: Path, upto: int | None = None) -> Path:
     if target.exists():
         raise SeriesError(f"{target} already exists")
-    with zipfile.ZipFile(base_wheel(base)) as zf:
-        for name in zf.namelist():
-            if name.startswith("airflow/") and not name.endswith("/"):
-                dest = target / "airflow-core" / "src" / name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(zf.read(name))
+    names = []
+    for s in workspace_series(base):
+        package = s.dist.package + "/"
+        with zipfile.ZipFile(dist_wheel(base, s.dist)) as zf:
+            for name in zf.namelist():
+                if name.startswith(package) and not name.endswith("/"):
+                    dest = target / s.dist.src_prefix / name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(zf.read(name))
+        names.append(f"{s.dist.name} {base.pinned_version(s.dist.name)}")
     git(target, "init", "-q")
     git(target, "add", "-A")
-    git(target, "commit", "-q", "-m", f"apache-airflow-core {base.version} (pristine wheel sources)")
+    git(target, "commit", "-q", "-m", f"pristine wheel sources: {', '.join(names)}")
     git(target, "tag", "base")
-    patches = base.series() if base.patched else []
+    patches = [p for s in workspace_series(base) if s.patched for p in s.patch_files()]
     for p in patches[:upto]:
         git(target, "am", "-q", "-3", "--keep-cr", str(p))  # -3: restacking after an earlier patch moved lines
     return target
 
 
 def run(args) -> int:
-    print(make_workspace(args.base, args.dir, args.upto))
+    print(make_workspace(get_base(args.base), args.dir, args.upto))
     return 0

@@ -2,7 +2,7 @@
 shared by every test of a module. Runs in the tools venv (psutil, psycopg2); the stack runs from the venv under test.
 
 Options (or environment variables):
-  --e2e-venv PATH        venv whose `airflow` is tested (MEMSERIES_E2E_VENV; default .venv/airflow-3.1.3-patched)
+  --e2e-venv PATH        venv whose `airflow` is tested (MEMSERIES_E2E_VENV; default .venv/airflow-3.3.2-patched)
   --e2e-backends LIST    comma-separated: sqlite,postgres (MEMSERIES_E2E_BACKENDS; default both)
 
 `make prove` runs the memory test against the unpatched venv and expects it to fail:
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO / "scripts") not in sys.path:
     sys.path.insert(0, str(REPO / "scripts"))
 
-DEFAULT_VENV = REPO / ".venv" / "airflow-3.1.3-patched"
+DEFAULT_VENV = REPO / ".venv" / "airflow-3.3.2-patched"
 
 
 def pytest_addoption(parser):
@@ -29,7 +29,7 @@ def pytest_addoption(parser):
     group.addoption(
         "--e2e-venv",
         default=os.environ.get("MEMSERIES_E2E_VENV", str(DEFAULT_VENV)),
-        help="Airflow venv to run the end-to-end stack from (default: $MEMSERIES_E2E_VENV or the patched 3.1.3)",
+        help="Airflow venv to run the end-to-end stack from (default: $MEMSERIES_E2E_VENV or the patched 3.3.2)",
     )
     group.addoption(
         "--e2e-backends",
@@ -54,7 +54,7 @@ def e2e_venv(pytestconfig) -> Path:
         venv = (REPO / venv) if (REPO / venv).exists() else venv.resolve()
     if not (venv / "bin" / "airflow").exists():
         raise pytest.UsageError(
-            f"e2e venv {venv} has no bin/airflow: build it (`memseries venv --base 3.1.3`) or point "
+            f"e2e venv {venv} has no bin/airflow: build it (`memseries venv --base 3.3.2`) or point "
             "--e2e-venv / MEMSERIES_E2E_VENV at an Airflow venv"
         )
     return venv

@@ -4,7 +4,7 @@ Celery result backend, `airflow api-server`, `dag-processor`, `scheduler` and tw
 component, nothing survives the module, not even a Ctrl-C).
 
 One stack is shared by the tests of this module (module-scoped fixture); they run in order, the worker-kill test
-last. Venv: --e2e-venv / MEMSERIES_E2E_VENV (default: the patched 3.1.3); the same tests pass on the unpatched
+last. Venv: --e2e-venv / MEMSERIES_E2E_VENV (default: the patched 3.3.2); the same tests pass on the unpatched
 base (nothing here is new behaviour: they prove the series does not break the Celery path).
 
 Settings shortened for the test (see CONFIG below), and why:

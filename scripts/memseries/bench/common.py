@@ -10,26 +10,21 @@ import argparse
 import json
 import os
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from memseries import paths
+from memseries.bases import DEFAULT_BASE, UPSTREAM, get_base
 from memseries.errors import SeriesError
+from memseries.tables import console, markdown_table, mb, print_table, ratio, results_dir, write_markdown_table  # noqa: F401
 
 PAYLOADS = Path(__file__).parent / "payloads"
-# Without a terminal rich would squeeze tables to 80 columns; benchmark tables are wide.
-console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 @dataclass(frozen=True)
 class Build:
-    label: str  # "3.1.3", "3.1.3+memfix", "3.3.2"
+    label: str  # "3.3.2", "3.3.2+memfix"; with --base 3.1.3: "3.1.3", "3.1.3+memfix", "3.3.2"
     python: Path
     patched: bool
 
@@ -45,8 +40,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--builds",
         default=",".join(BUILD_CHOICES),
-        help="comma-separated subset of base (unpatched 3.1.3), patched (3.1.3 + series), upstream (3.3.2)",
+        help="comma-separated subset of base (unpatched --base), patched (--base + series), upstream (3.3.2; "
+        "only when --base is older)",
     )
+    parser.add_argument("--base", default=DEFAULT_BASE, help=f"Airflow release under test (default {DEFAULT_BASE})")
     parser.add_argument(
         "--patched-python",
         type=Path,
@@ -62,12 +59,14 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 def builds(args: argparse.Namespace | None = None) -> list[Build]:
     """The builds to compare, their venvs made (or reused) first, unless --base/--patched-python replace them."""
-    from memseries.venv import ensure_venv, local_version
+    from memseries.venv import local_version, venv_python
 
     wanted = (getattr(args, "builds", None) or ",".join(BUILD_CHOICES)).split(",")
     unknown = [w for w in wanted if w not in BUILD_CHOICES]
     if unknown:
         raise SeriesError(f"unknown build(s) {unknown}: choose from {', '.join(BUILD_CHOICES)}")
+    base = get_base(getattr(args, "base", None) or DEFAULT_BASE)
+    upstream = get_base(UPSTREAM) if base.version != UPSTREAM else None
     base_python = getattr(args, "base_python", None)
     patched_python = getattr(args, "patched_python", None)
     out = []
@@ -75,15 +74,15 @@ def builds(args: argparse.Namespace | None = None) -> list[Build]:
         if w not in wanted:
             continue
         if w == "base" and base_python:
-            out.append(Build("3.1.3", base_python.absolute(), False))
+            out.append(Build(base.version, base_python.absolute(), False))
         elif w == "patched" and patched_python:
-            out.append(Build(local_version("3.1.3"), patched_python.absolute(), True))
+            out.append(Build(local_version(base.version), patched_python.absolute(), True))
         elif w == "base":
-            out.append(Build("3.1.3", ensure_venv("3.1.3", patched=False) / "bin" / "python", False))
+            out.append(Build(base.version, venv_python(base, patched=False), False))
         elif w == "patched":
-            out.append(Build(local_version("3.1.3"), ensure_venv("3.1.3", patched=True) / "bin" / "python", True))
-        else:
-            out.append(Build("3.3.2", ensure_venv("3.3.2", patched=False) / "bin" / "python", False))
+            out.append(Build(local_version(base.version), venv_python(base, patched=True), True))
+        elif upstream:
+            out.append(Build(UPSTREAM, venv_python(upstream, patched=False), False))
     return out
 
 
@@ -110,33 +109,6 @@ def run_payload(build: Build, script_name: str, *args: str, timeout: float = 180
         raise SeriesError(f"payload {script_name} on {build.label} printed no JSON last line: {lines[-1][:200]}") from exc
 
 
-def results_dir(name: str) -> Path:
-    d = paths.BENCH_RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def print_table(title: str, headers: list[str], rows: list[list]) -> None:
-    table = Table(title=title)
-    for h in headers:
-        table.add_column(str(h), justify="right" if h != headers[0] else "left")
-    for row in rows:
-        table.add_row(*(str(c) for c in row))
-    console.print(table)
-
-
-def markdown_table(title: str, headers: list[str], rows: list[list]) -> str:
-    out = [f"### {title}", "", "| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(out) + "\n"
-
-
-def write_markdown_table(path: Path, title: str, headers: list[str], rows: list[list]) -> None:
-    """Append the table to `path` (a run's tables share one markdown file)."""
-    with path.open("a") as f:
-        f.write(markdown_table(title, headers, rows) + "\n")
-
-
 def progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -145,12 +117,3 @@ def progress() -> Progress:
         TimeElapsedColumn(),
         console=console,
     )
-
-
-def ratio(a: float, b: float) -> str:
-    """a/b as '0.12x', or '-' when b is zero."""
-    return f"{a / b:.2f}x" if b else "-"
-
-
-def mb(n_bytes: float) -> str:
-    return f"{n_bytes / 1e6:.1f}"

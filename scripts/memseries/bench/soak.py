@@ -1,4 +1,4 @@
-"""`memseries bench soak`: the `memseries demo` stack for a long run, unpatched 3.1.3 vs patched vs upstream 3.3.2.
+"""`memseries bench soak`: the `memseries demo` stack for a long run, unpatched vs patched base (+ upstream 3.3.2).
 
 Same harness as the demo (memseries.stack: real api-server, dag-processor and scheduler with LocalExecutor over
 examples/dags, aged forked children, psutil PSS/USS sampling, task runs from the metadata DB), run for
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from memseries.demo import add_common_arguments, run_all
+from memseries.stackrun.cli import add_common_arguments, run_all
 
-HELP = "long run of the real stack (default 30m per build): 3.1.3 vs 3.1.3+memfix vs 3.3.2, table + PNG"
+HELP = "long run of the real stack (default 30m per build): base vs base+memfix (vs 3.3.2), table + PNG"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-upstream",
         dest="upstream",
         action="store_false",
-        help="leave out upstream 3.3.2 (default: compare all three builds)",
+        help="leave out upstream 3.3.2 when the base is older (default: compare all three builds)",
     )
 
 

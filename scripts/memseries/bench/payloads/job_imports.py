@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import psutil
+from _plumbing import stop_group, tree_memory
 
 SITECUSTOMIZE = r"""
 import json, os, sys, threading, time
@@ -97,41 +97,6 @@ def parse_importtime(stderr_text: str) -> dict:
             executors_us += cum
         stack.append((depth, name, cum))
     return {"import_total_s": total_us / 1e6, "import_executors_s": executors_us / 1e6, "imports": n}
-
-
-def tree_memory(proc: psutil.Process) -> dict:
-    out = {"uss": 0, "pss": 0, "rss": 0, "procs": 0}
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            mi = p.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        out["uss"] += mi.uss
-        out["pss"] += mi.pss
-        out["rss"] += mi.rss
-        out["procs"] += 1
-    return out
-
-
-def stop_group(popen: subprocess.Popen, grace: float = 20.0) -> None:
-    try:
-        pgid = os.getpgid(popen.pid)
-    except ProcessLookupError:
-        return
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            break
-        time.sleep(0.2)
-    try:
-        os.killpg(pgid, signal.SIGKILL)  # the leader and anything left in its group
-    except ProcessLookupError:
-        pass
-    popen.wait(timeout=30)
 
 
 def run_component(

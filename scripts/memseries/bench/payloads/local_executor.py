@@ -28,6 +28,8 @@ import threading
 import time
 import uuid
 
+from _plumbing import mem
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser()
@@ -106,16 +108,6 @@ def make_workload(workloads, n: int):
         bundle_info=workloads.BundleInfo(name="dags-folder"),
         log_path=None,
     )
-
-
-def mem(proc) -> dict | None:
-    import psutil
-
-    try:
-        m = proc.memory_full_info()
-    except psutil.Error:  # gone, or a zombie
-        return None
-    return {"pss": m.pss, "uss": m.uss, "rss": m.rss}
 
 
 def main() -> int:

@@ -28,19 +28,16 @@ Works with the Airflow 3.1.3 and 3.3.2 APIs (same signatures for everything used
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
-import uuid
+
+from _plumbing import airflow_home
 
 BUNDLE = "memseries-bench"
 DAG_PREFIX = "bench_examine"
@@ -66,59 +63,11 @@ def _log(msg: str) -> None:
     print(f"[scheduler_examine] {msg}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
 def _metadata_db(backend: str, pg_url: str):
     """A fresh AIRFLOW_HOME + migrated metadata DB; environment set before airflow is imported."""
-    home = tempfile.mkdtemp(prefix="memseries-bench-examine-")
-    os.makedirs(os.path.join(home, "dags"))
-    pg_db = None
-    if backend == "postgres":
-        import psycopg2
-
-        pg_db = f"memseries_bench_{uuid.uuid4().hex[:12]}"
-        conn = psycopg2.connect(f"{pg_url}/postgres")
-        conn.autocommit = True
-        conn.cursor().execute(f'CREATE DATABASE "{pg_db}"')
-        conn.close()
-        sql_conn = f"{pg_url.replace('postgresql://', 'postgresql+psycopg2://', 1)}/{pg_db}"
-    else:
-        sql_conn = f"sqlite:///{os.path.join(home, 'airflow.db')}"
-    os.environ.update(
-        {
-            "AIRFLOW_HOME": home,
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(home, "dags"),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_conn,
-            "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",
-            # the bench writes a second DAG version right after the first
-            "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "0",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        }
-    )
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True, env=os.environ
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"airflow db migrate failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        yield
-    finally:
-        try:
-            from airflow import settings
-
-            if settings.engine is not None:
-                settings.engine.dispose()
-        except Exception:
-            pass
-        if pg_db:
-            import psycopg2
-
-            conn = psycopg2.connect(f"{pg_url}/postgres")
-            conn.autocommit = True
-            conn.cursor().execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
-            conn.close()
-        shutil.rmtree(home, ignore_errors=True)
+    # the bench writes a second DAG version right after the first
+    return airflow_home("memseries-bench-examine-", backend, pg_url,
+                        env={"AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "0"})
 
 
 def _write_dag(session, dag_id: str, task_ids: list[str]) -> None:
