@@ -149,7 +149,10 @@ def run_one(build: common.Build, method: str, parallelism: int, pyc: bool, args,
                 workers = [p for p in procs if p.role == "worker"]
                 if not killed:
                     original |= {p.pid for p in workers}
-                    busy_worker = [p for p in workers if "memseries_lexec_busy" in p.title]
+                    # a worker's title names the task instance it runs by its id
+                    ids = {str(r[0]).replace("-", "") for r in st.query(
+                        "SELECT id FROM task_instance WHERE dag_id = 'memseries_lexec_busy' AND state = 'running'")}
+                    busy_worker = [p for p in workers if ids and any(i in p.title.replace("-", "") for i in ids)]
                     if busy_worker:
                         time.sleep(3)
                         with contextlib.suppress(ProcessLookupError):
