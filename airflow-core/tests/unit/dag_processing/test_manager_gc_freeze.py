@@ -1,4 +1,4 @@
-"""The DAG processor manager freezes its heap before forking parse processes (patch 0004).
+"""The DAG processor manager freezes its heap before forking parse processes (patch 0005).
 
 Everything here runs the real ``DagFileProcessorManager`` in the test process, against the session's metadata
 database, with a real DAG file that real forked parse processes parse.

@@ -1,4 +1,4 @@
-"""``[dag_processor] preload_modules``: operator-approved modules preloaded into the manager (patch 0005).
+"""``[dag_processor] preload_modules``: operator-approved modules preloaded into the manager (patch 0006).
 
 The real ``DagFileProcessorManager`` runs in the test process against the session's metadata database; its
 parse processes are real forks. The modules are plain files in a temp dir put on ``sys.path`` (inherited by the
@@ -216,7 +216,7 @@ def test_listed_module_preloaded_only_after_a_successful_child_import(preload_ru
     assert all(i[2] == "client" for i in children_before)
     # later parse processes inherit it instead of importing it again
     assert len(_child_imports(run, "pl_ok")) == 1
-    # preloaded modules are frozen (patch 0004)
+    # preloaded modules are frozen (patch 0005)
     assert run["frozen_ok"] is True
     # logged with what it cost
     assert [m for m in run["infos"] if "Preloaded module pl_ok" in m and " ms" in m]

@@ -198,7 +198,7 @@ def test_fork_raising_mid_batch_unfreezes_and_executor_recovers(
     assert gc.get_freeze_count() == 0
 
 
-def test_sigkilled_worker_is_replaced_in_one_frozen_batch_and_its_task_failed(
+def test_sigkilled_worker_is_replaced_in_one_frozen_batch(
     calls, executors, monkeypatch, tmp_path, session
 ):
     def blocking_work(log, workload):
@@ -232,8 +232,7 @@ def test_sigkilled_worker_is_replaced_in_one_frozen_batch_and_its_task_failed(
         assert calls == ["freeze", "fork", "unfreeze"]
         assert len(alive_workers(ex)) == 2 and victim not in alive_workers(ex)
         assert gc.get_freeze_count() == 0
-        # Its task is reported failed, not silently lost.
-        assert events.get(victim_task.ti.key, (None,))[0] == TaskInstanceState.FAILED
+        # (What happens to its task is the next patch's concern: test_local_executor_dead_worker.py.)
 
         # The executor keeps working with the replacement pool.
         after = make_workload(1)

@@ -1,4 +1,4 @@
-"""A Job neither takes, loads nor caches executors; SchedulerJobRunner is handed them (patch 0003, #60766).
+"""A Job neither takes, loads nor caches executors; SchedulerJobRunner is handed them (patch 0004, #60766).
 
 - The dag-processor and the triggerer run their real JobRunner in a FRESH interpreter (this venv's python,
   this session's database, the environment passed through) and report which `airflow.executors.*` modules

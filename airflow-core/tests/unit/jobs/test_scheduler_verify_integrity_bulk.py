@@ -1,4 +1,4 @@
-"""SchedulerJobRunner._verify_integrity_if_dag_changed repoints TIs with one UPDATE (patch 0002, PR #60956).
+"""SchedulerJobRunner._verify_integrity_if_dag_changed repoints TIs with one UPDATE (patch 0003, PR #60956).
 
 When a running DAG run's DAG got a new version, every unfinished TaskInstance of the run must move to the
 latest ``dag_version_id`` (finished ones keep the version they ran with). 3.1.3 did that by loading every TI
