@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 import uuid
+import weakref
 
 import pytest
 from airflow.executors import local_executor, workloads
@@ -74,11 +75,16 @@ def run_until_events(executor: LocalExecutor, keys, timeout: float = 30.0) -> di
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Ordered record of gc.freeze / fork / gc.unfreeze in this (the executor's) process."""
+    """Ordered record of gc.collect / gc.freeze / fork / gc.unfreeze in this (the executor's) process."""
     log: list[str] = []
-    real_freeze, real_unfreeze = gc.freeze, gc.unfreeze
+    real_collect, real_freeze, real_unfreeze = gc.collect, gc.freeze, gc.unfreeze
     real_start = multiprocessing.process.BaseProcess.start
     parent = os.getpid()
+
+    def collect(*args, **kwargs):
+        if os.getpid() == parent:
+            log.append("collect")
+        return real_collect(*args, **kwargs)
 
     def freeze():
         log.append("freeze")
@@ -93,6 +99,7 @@ def calls(monkeypatch):
         if os.getpid() == parent:
             log.append("fork")
 
+    monkeypatch.setattr(gc, "collect", collect)
     monkeypatch.setattr(gc, "freeze", freeze)
     monkeypatch.setattr(gc, "unfreeze", unfreeze)
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start)
@@ -130,7 +137,7 @@ def test_start_forks_whole_pool_in_one_frozen_batch(parallelism, calls, executor
     executors.append(ex)
     ex.start()
     try:
-        assert calls == ["freeze", *["fork"] * parallelism, "unfreeze"]
+        assert calls == ["collect", "freeze", *["fork"] * parallelism, "unfreeze"]
         assert len(alive_workers(ex)) == parallelism
         assert gc.get_freeze_count() == 0, "the scheduler's GC must not stay frozen"
     finally:
@@ -153,6 +160,30 @@ def test_full_pool_runs_tasks_without_freezing_again(calls, executors, quick_wor
         assert set(ex.workers) == pool
     finally:
         ex.end()
+
+
+def test_garbage_is_collected_not_frozen_into_workers(executors, quick_work):
+    class Node:
+        pass
+
+    gc.disable()  # only explicit collections from here on
+    try:
+        node = Node()
+        node.cycle = node  # unreachable after `del`: reclaimable only by the cycle collector
+        ref = weakref.ref(node)
+        del node
+        assert ref() is not None
+        ex = LocalExecutor(parallelism=1)
+        executors.append(ex)
+        ex.start()
+        try:
+            # collected before the freeze: frozen, it would have lived on in every worker for its whole life
+            assert ref() is None
+            assert len(alive_workers(ex)) == 1
+        finally:
+            ex.end()
+    finally:
+        gc.enable()
 
 
 def test_parallelism_zero_is_rejected_as_in_3_1_3():
@@ -179,7 +210,7 @@ def test_fork_raising_mid_batch_unfreezes_and_executor_recovers(
     with pytest.raises(OSError, match="injected"):
         ex.start()
     try:
-        assert calls[0] == "freeze" and calls[-1] == "unfreeze"
+        assert calls[:2] == ["collect", "freeze"] and calls[-1] == "unfreeze"
         assert calls.count("freeze") == calls.count("unfreeze") == 1
         assert gc.get_freeze_count() == 0, "a fork that raised left the scheduler's GC frozen"
         assert len(alive_workers(ex)) == 1, "the worker forked before the failure is tracked"
@@ -191,7 +222,7 @@ def test_fork_raising_mid_batch_unfreezes_and_executor_recovers(
         ex.queue_workload(w, session=session)
         events = run_until_events(ex, [w.ti.key])
         assert events[w.ti.key][0] == TaskInstanceState.SUCCESS
-        assert calls == ["freeze", "fork", "fork", "unfreeze"]
+        assert calls == ["collect", "freeze", "fork", "fork", "unfreeze"]
         assert len(alive_workers(ex)) == 3
     finally:
         ex.end()
@@ -229,7 +260,7 @@ def test_sigkilled_worker_is_replaced_in_one_frozen_batch(
 
         assert wait_for(lambda: victim not in ex.workers, timeout=15, step=step), "dead worker never reaped"
         # Replaced on that same check, all in one frozen batch.
-        assert calls == ["freeze", "fork", "unfreeze"]
+        assert calls == ["collect", "freeze", "fork", "unfreeze"]
         assert len(alive_workers(ex)) == 2 and victim not in alive_workers(ex)
         assert gc.get_freeze_count() == 0
         # (What happens to its task is the next patch's concern: test_local_executor_dead_worker.py.)
@@ -276,7 +307,7 @@ def test_spawn_stays_lazy_and_never_freezes(spawn_start_method, calls, executors
         assert wait_for(lambda: w.ti.key in events, timeout=60, step=step, interval=0.2)
         assert events[w.ti.key][0] == TaskInstanceState.FAILED
         assert len(ex.workers) == 1
-        assert "freeze" not in calls and "unfreeze" not in calls
+        assert not {"collect", "freeze", "unfreeze"} & set(calls)
     finally:
         ex.end()
 
