@@ -1,8 +1,10 @@
 """LocalExecutor forks its workers in batches under one gc.freeze() (patch 0001, upstream #58365).
 
 Real LocalExecutor, real forked (or spawned) worker processes, real queues. The function a worker runs for a
-task (`local_executor._execute_work`) is replaced before `start()`; forked workers inherit the replacement.
-Mocks only count gc.freeze/unfreeze and forks, or inject a fork that raises.
+task (`local_executor._execute_work`, which calls the task SDK's supervise()) is replaced before `start()` by
+one that forks a real task process and waits for it, as supervise() does, minus the API server; forked workers
+inherit the replacement. The spawn test runs the real `_execute_work`. Mocks only record gc.collect/freeze/
+unfreeze and forks in this process, or inject a fork that raises.
 """
 
 from __future__ import annotations
@@ -121,10 +123,20 @@ def executors():
                 pass
 
 
+def _fork_task_process(log, workload):
+    """What supervise() does with processes, without an API server: fork the task process, wait for it."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)  # the task: succeeds at once
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"task process exited with {status}")
+
+
 @pytest.fixture
 def quick_work(monkeypatch):
-    """Workers complete every task at once (successfully) instead of supervising a real task process."""
-    monkeypatch.setattr(local_executor, "_execute_work", lambda log, workload: None)
+    """Workers run every task in a real forked task process that succeeds at once (no API server needed)."""
+    monkeypatch.setattr(local_executor, "_execute_work", _fork_task_process)
 
 
 def alive_workers(executor: LocalExecutor) -> list[int]:
@@ -235,7 +247,7 @@ def test_sigkilled_worker_is_replaced_in_one_frozen_batch(
     def blocking_work(log, workload):
         (tmp_path / f"{workload.ti.task_id}.pid").write_text(str(os.getpid()))
         if workload.ti.task_id == "task_0":
-            time.sleep(120)  # until SIGKILLed
+            time.sleep(120)  # in the worker itself, until SIGKILLed: this test is about the worker
 
     monkeypatch.setattr(local_executor, "_execute_work", blocking_work)
     ex = LocalExecutor(parallelism=2)

@@ -289,7 +289,10 @@ class TestDeprecatedJobExecutorAttributes:
             job = Job(executor, 7)  # 3.1.3's signature: Job(executor=None, heartrate=None, **kwargs)
         assert job.heartrate == 7
         assert _deprecation(caught) == [("RemovedInAirflow4Warning", HERE)]
-        assert "Job(executor=...) is deprecated" in str(caught[0].message)
+        assert str(caught[0].message) == (
+            "Job(executor=...) is deprecated (removed in Airflow 3.2): pass the executors to "
+            "SchedulerJobRunner(job, executors=[...]) instead."
+        )
         runner = SchedulerJobRunner(job=job, num_runs=1)  # no executors=: the job's are used, none loaded
         assert runner.executors == [executor]
         assert runner.executor is executor
