@@ -115,19 +115,32 @@ if _LOG_DIR and os.environ.pop("MEMSERIES_CELERY_WORKER_MAIN", "") == "1":
 
     gc.callbacks.append(_memseries_main_gc)
 
-    _probe_delay = float(os.environ.get("MEMSERIES_CELERY_PROBE_DELAY") or 0)
+    _probe = os.environ.get("MEMSERIES_CELERY_PROBE_DELAY")
+    _probe_delay = float(_probe) if _probe else None
 
-    def _memseries_probe(delay, main_pid):
-        # one full collection in a child of the worker's main process, `delay` s after its fork: how much of
-        # what it shares does it copy? line: wall ppid freeze_count uss_before uss_after collect_s
-        time.sleep(delay)
+    def _memseries_kind():
+        # who forked: billiard (a prefork pool process) or the stdlib's multiprocessing (the worker's helpers)
+        f = sys._getframe(1)
+        while f is not None:
+            name = f.f_globals.get("__name__", "")
+            if name.startswith("billiard."):
+                return "pool"
+            if name.startswith("multiprocessing."):
+                return "helper"
+            f = f.f_back
+        return "other"
+
+    def _memseries_probe(delay, main_pid, kind):
+        # one full collection in a child of the worker's main process, `delay` s after its fork (0: in the fork
+        # hook itself, before the child runs anything, so no task child can share or unshare pages meanwhile):
+        # how much of what it shares does it copy? line: wall ppid freeze_count uss_before uss_after s kind
+        if delay:
+            time.sleep(delay)
         before = _uss()
         t = time.perf_counter()
         gc.collect()
         d = time.perf_counter() - t
         after = _uss()
-        bp = sys.modules.get("billiard.process")
-        kind = "pool" if bp is not None and "PoolWorker" in bp.current_process().name else "helper"
         _log(
             "probe-%d" % os.getpid(),
             "%.3f %d %d %d %d %.6f %s\n" % (time.time(), main_pid, gc.get_freeze_count(), before, after, d, kind),
@@ -137,11 +150,16 @@ if _LOG_DIR and os.environ.pop("MEMSERIES_CELERY_WORKER_MAIN", "") == "1":
         if os.getppid() != _memseries_main_pid:
             return  # only the worker's own children (pool processes, helpers), not task processes
         _log("fork-%d" % os.getpid(), "%.3f %d\n" % (time.time(), gc.get_freeze_count()))
-        if _probe_delay > 0:
+        if _probe_delay is None:
+            return
+        kind = _memseries_kind()
+        if _probe_delay <= 0:
+            _memseries_probe(0, _memseries_main_pid, kind)
+        else:
             import threading
 
             threading.Thread(
-                target=_memseries_probe, args=(_probe_delay, _memseries_main_pid), daemon=True
+                target=_memseries_probe, args=(_probe_delay, _memseries_main_pid, kind), daemon=True
             ).start()
 
     os.register_at_fork(after_in_child=_memseries_after_fork)
@@ -187,7 +205,8 @@ class CeleryOptions:
     #: argv prefix for every ``airflow celery worker`` (e.g. a wrapper that changes what it inherits)
     worker_prefix: list[str] = dataclasses.field(default_factory=list)
     #: every child the worker's main process forks (pool processes, helpers) runs one full gc.collect() this
-    #: many seconds after its fork and logs its USS right before and after it (:meth:`CeleryStack.probes`)
+    #: many seconds after its fork (0: in the fork hook, before it runs anything) and logs its USS right before
+    #: and after it (:meth:`CeleryStack.probes`); None: no probe
     probe_delay: float | None = None
     #: seconds to wait for every worker to log "ready"
     ready_timeout: float = 180.0
@@ -360,7 +379,7 @@ class CeleryStack(Stack):
                 "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "memseries_celery.CELERY_CONFIG",
                 "MEMSERIES_CELERY_WORKER_MAIN": "1",
             }
-            if self.celery.probe_delay:
+            if self.celery.probe_delay is not None:
                 env["MEMSERIES_CELERY_PROBE_DELAY"] = str(self.celery.probe_delay)
             if self.celery.max_tasks_per_child:
                 env["AIRFLOW__CELERY__EXTRA_CELERY_CONFIG"] = json.dumps(
