@@ -494,7 +494,8 @@ def _provider_summary(res: dict, args) -> dict:
         rounds[x["t"]] = rounds.get(x["t"], 0) + x["pss"]
     ts = sorted(rounds)
     second_half = [rounds[t] for t in ts[len(ts) // 2 :]]
-    # main process: USS near the Nth late fork vs near the (N + recycles)th, per worker
+    # main process: RSS near the 5th late fork vs near the (5 + recycles)th, per worker. RSS, not USS: a main
+    # process's USS moves with how many pool processes happen to share its pages at that instant
     growth = []
     for w, main in res["mains"].items():
         mine = sorted(forks[pid][0] for pid in late if probes[pid]["main"] == main)
@@ -502,7 +503,7 @@ def _provider_summary(res: dict, args) -> dict:
         if len(mine) > 5 + args.recycles and main_samples:
 
             def at(wall):
-                return min(main_samples, key=lambda x: abs(x["wall"] - wall))["uss"]
+                return min(main_samples, key=lambda x: abs(x["wall"] - wall))["rss"]
 
             growth.append((at(mine[5 + args.recycles]) - at(mine[5]), len(mine)))
     colls = [
@@ -576,7 +577,7 @@ def run_provider(args) -> int:
         "worker trees PSS MB",
         "vs unpatched",
         "main USS end MB",
-        f"main USS growth over {args.recycles} recycles MB",
+        f"main RSS growth over {args.recycles} recycles MB",
         "main full collections after ready: n, median (max) ms",
         "main frozen objects first -> last",
         "tasks/min",
