@@ -34,6 +34,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 
 import psutil
 
@@ -46,9 +47,10 @@ DEFAULT_BROKER = os.environ.get("MEMSERIES_CELERY_BROKER", f"redis://127.0.0.1:6
 WORKER_PREFIX = "celery-worker-"
 HOSTNAME_ENV = "MEMSERIES_CELERY_HOSTNAME"
 UNFREEZE_ENV = "MEMSERIES_CELERY_UNFREEZE_POOL"
+LOG_ENV = "MEMSERIES_CELERY_LOG_DIR"
 
 #: dropped into the stack's memseries-site/ (on every component's PYTHONPATH); harness only, never a patch
-CELERY_SITE_MODULE = '''\
+CELERY_SITE_MODULE = r'''\
 """memseries harness only: per-worker TI hostname, and the no-freeze control for benchmarks."""
 import os
 import socket
@@ -58,6 +60,109 @@ import subprocess
 def hostname():
     """[core] hostname_callable: the name the harness gave this celery worker (all run on one machine)."""
     return os.environ.get("MEMSERIES_CELERY_HOSTNAME") or socket.getfqdn()
+
+
+_LOG_DIR = os.environ.get("MEMSERIES_CELERY_LOG_DIR") or ""
+
+
+def _log(name, line):
+    # os-level I/O only: no Python locks that a later fork could inherit held
+    try:
+        fd = os.open(os.path.join(_LOG_DIR, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _uss():
+    # Private_Clean + Private_Dirty of /proc/self/smaps_rollup, bytes
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as f:
+            data = f.read()
+        return sum(
+            int(line.split()[1]) * 1024
+            for line in data.split(b"\n")
+            if line.startswith((b"Private_Clean:", b"Private_Dirty:"))
+        )
+    except (OSError, ValueError):
+        return -1
+
+
+if _LOG_DIR and os.environ.pop("MEMSERIES_CELERY_WORKER_MAIN", "") == "1":
+    # imported in the worker's main process (celery_config_options) before it forks anything; popped, so no
+    # process started later takes itself for the main process
+    import gc
+    import sys
+    import time
+
+    _memseries_main_pid = os.getpid()
+    _t0 = [0.0]
+
+    def _memseries_main_gc(phase, info):
+        # the worker main process's full collections (celery's pre-fork gc.collect() among them): wall, s
+        if info.get("generation") != 2 or os.getpid() != _memseries_main_pid:
+            return
+        if phase == "start":
+            _t0[0] = time.perf_counter()
+        else:
+            _log(
+                "main-%d" % _memseries_main_pid,
+                "%.3f %.6f %d\n" % (time.time(), time.perf_counter() - _t0[0], gc.get_freeze_count()),
+            )
+
+    gc.callbacks.append(_memseries_main_gc)
+
+    _probe = os.environ.get("MEMSERIES_CELERY_PROBE_DELAY")
+    _probe_delay = float(_probe) if _probe else None
+
+    def _memseries_kind():
+        # who forked: billiard (a prefork pool process) or the stdlib's multiprocessing (the worker's helpers)
+        f = sys._getframe(1)
+        while f is not None:
+            name = f.f_globals.get("__name__", "")
+            if name.startswith("billiard."):
+                return "pool"
+            if name.startswith("multiprocessing."):
+                return "helper"
+            f = f.f_back
+        return "other"
+
+    def _memseries_probe(delay, main_pid, kind):
+        # one full collection in a child of the worker's main process, `delay` s after its fork (0: in the fork
+        # hook itself, before the child runs anything, so no task child can share or unshare pages meanwhile):
+        # how much of what it shares does it copy? line: wall ppid freeze_count uss_before uss_after s kind
+        if delay:
+            time.sleep(delay)
+        before = _uss()
+        t = time.perf_counter()
+        gc.collect()
+        d = time.perf_counter() - t
+        after = _uss()
+        _log(
+            "probe-%d" % os.getpid(),
+            "%.3f %d %d %d %d %.6f %s\n" % (time.time(), main_pid, gc.get_freeze_count(), before, after, d, kind),
+        )
+
+    def _memseries_after_fork():
+        if os.getppid() != _memseries_main_pid:
+            return  # only the worker's own children (pool processes, helpers), not task processes
+        _log("fork-%d" % os.getpid(), "%.3f %d\n" % (time.time(), gc.get_freeze_count()))
+        if _probe_delay is None:
+            return
+        kind = _memseries_kind()
+        if _probe_delay <= 0:
+            _memseries_probe(0, _memseries_main_pid, kind)
+        else:
+            import threading
+
+            threading.Thread(
+                target=_memseries_probe, args=(_probe_delay, _memseries_main_pid, kind), daemon=True
+            ).start()
+
+    os.register_at_fork(after_in_child=_memseries_after_fork)
 
 
 if os.environ.get("MEMSERIES_CELERY_UNFREEZE_POOL") == "1":
@@ -70,7 +175,17 @@ if os.environ.get("MEMSERIES_CELERY_UNFREEZE_POOL") == "1":
     def _memseries_unfreeze(**kwargs):
         gc.unfreeze()
 
-    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG as CELERY_CONFIG  # noqa
+
+
+def __getattr__(name):
+    # [celery] celery_config_options = memseries_celery.CELERY_CONFIG (every harness worker): the provider's own
+    # default config (it includes [celery] extra_celery_config); naming it here loads this module in the main
+    # process. Lazy, so the task processes that import this module for hostname() do not import the provider.
+    if name == "CELERY_CONFIG":
+        from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+        return DEFAULT_CELERY_CONFIG
+    raise AttributeError(name)
 '''
 
 
@@ -83,6 +198,16 @@ class CeleryOptions:
     worker_args: list[str] = dataclasses.field(default_factory=list)
     #: benchmark control: undo the provider's pre-fork gc.freeze() inside each pool process
     unfreeze_pool: bool = False
+    #: celery's ``worker_max_tasks_per_child`` (through ``[celery] extra_celery_config``): recycle pool processes
+    max_tasks_per_child: int | None = None
+    #: ``--autoscale MAX,MIN``
+    autoscale: str | None = None
+    #: argv prefix for every ``airflow celery worker`` (e.g. a wrapper that changes what it inherits)
+    worker_prefix: list[str] = dataclasses.field(default_factory=list)
+    #: every child the worker's main process forks (pool processes, helpers) runs one full gc.collect() this
+    #: many seconds after its fork (0: in the fork hook, before it runs anything) and logs its USS right before
+    #: and after it (:meth:`CeleryStack.probes`); None: no probe
+    probe_delay: float | None = None
     #: seconds to wait for every worker to log "ready"
     ready_timeout: float = 180.0
     #: start the stack's psutil sampler as soon as the components are started (before the workers are ready),
@@ -181,6 +306,56 @@ class CeleryStack(Stack):
         super()._prepare_home()
         assert self.home
         (self.home / "memseries-site" / "memseries_celery.py").write_text(CELERY_SITE_MODULE)
+        self.celery_log_dir.mkdir(exist_ok=True)
+
+    @property
+    def celery_log_dir(self) -> Path:
+        assert self.home
+        return self.home / "memseries-celery"
+
+    def _celery_lines(self, prefix: str) -> dict[int, list[list[str]]]:
+        out: dict[int, list[list[str]]] = {}
+        if self.home is None or not self.celery_log_dir.exists():
+            return out
+        for f in self.celery_log_dir.glob(f"{prefix}-*"):
+            with contextlib.suppress(OSError, ValueError):
+                out[int(f.name.split("-", 1)[1])] = [
+                    ln.split() for ln in f.read_text().splitlines() if ln.strip()
+                ]
+        return out
+
+    def main_collections(self) -> dict[int, list[tuple[float, float, int]]]:
+        """worker main pid -> [(wall, seconds, gc freeze count)] of each full collection it ran (pre-fork ones too)."""
+        return {
+            pid: [(float(a), float(b), int(c)) for a, b, c in lines]
+            for pid, lines in self._celery_lines("main").items()
+        }
+
+    def forks(self) -> dict[int, tuple[float, int]]:
+        """pid of a child of a worker's main process -> (wall time of its fork, gc freeze count inherited)."""
+        return {
+            pid: (float(lines[0][0]), int(lines[0][1]))
+            for pid, lines in self._celery_lines("fork").items()
+            if lines
+        }
+
+    def probes(self) -> dict[int, dict]:
+        """pid -> its probe (``probe_delay``): kind (pool/helper), main pid, freeze count, USS before/after one
+        full collection, its duration in s."""
+        out = {}
+        for pid, lines in self._celery_lines("probe").items():
+            if lines:
+                w, main, fc, before, after, d, kind = lines[0]
+                out[pid] = {
+                    "kind": kind,
+                    "wall": float(w),
+                    "main": int(main),
+                    "freeze_count": int(fc),
+                    "uss_before": int(before),
+                    "uss_after": int(after),
+                    "collect_s": float(d),
+                }
+        return out
 
     def _build_env(self) -> dict[str, str]:
         env = super()._build_env()
@@ -188,6 +363,7 @@ class CeleryStack(Stack):
         env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + self.db_uri
         env.setdefault("AIRFLOW__CELERY__WORKER_CONCURRENCY", str(self.celery.concurrency))
         env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] = self.queue
+        env[LOG_ENV] = str(self.celery_log_dir)
         return env
 
     def worker_components(self) -> list[Component]:
@@ -196,11 +372,23 @@ class CeleryStack(Stack):
             name = f"{WORKER_PREFIX}{i}"
             host = f"memseries-w{i}-{self.run_id}"
             self.worker_hostnames[name] = host
-            env = {HOSTNAME_ENV: host, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "memseries_celery.hostname"}
+            env = {
+                HOSTNAME_ENV: host,
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "memseries_celery.hostname",
+                # loads memseries_celery in the worker's main process: its full collections, its children's probes
+                "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "memseries_celery.CELERY_CONFIG",
+                "MEMSERIES_CELERY_WORKER_MAIN": "1",
+            }
+            if self.celery.probe_delay is not None:
+                env["MEMSERIES_CELERY_PROBE_DELAY"] = str(self.celery.probe_delay)
+            if self.celery.max_tasks_per_child:
+                env["AIRFLOW__CELERY__EXTRA_CELERY_CONFIG"] = json.dumps(
+                    {"worker_max_tasks_per_child": self.celery.max_tasks_per_child}
+                )
             if self.celery.unfreeze_pool:
                 env[UNFREEZE_ENV] = "1"
-                env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] = "memseries_celery.CELERY_CONFIG"
             argv = [
+                *self.celery.worker_prefix,
                 str(self.airflow),
                 "celery",
                 "worker",
@@ -213,6 +401,7 @@ class CeleryStack(Stack):
                 self.queue,
                 "--pid",
                 f"airflow-{name}.pid",  # relative to the cwd = AIRFLOW_HOME; one per worker
+                *(["--autoscale", self.celery.autoscale] if self.celery.autoscale else []),
                 *self.celery.worker_args,
             ]
             comps.append(Component(name, argv, env))

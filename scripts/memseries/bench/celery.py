@@ -34,6 +34,7 @@ from memseries.celery_stack import DEFAULT_BROKER, WORKER_PREFIX, CeleryOptions,
 from memseries.stack import EXAMPLE_DAGS, StackConfig
 
 MB = 1e6
+REPO_VENVS = Path(__file__).resolve().parents[3] / ".venv"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +64,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-control",
         action="store_true",
         help="skip the run with the provider's pre-fork gc.freeze() undone",
+    )
+    g = parser.add_argument_group(
+        "provider series (issue 18): patched vs unpatched celery provider on 3.3.2, late pool forks"
+    )
+    g.add_argument(
+        "--scenarios",
+        help="comma-separated: recycle (worker_max_tasks_per_child=1), autoscale (--autoscale 8,2). Runs each on "
+        "the unpatched and the patched provider instead of the classic pool comparison above",
+    )
+    g.add_argument(
+        "--unpatched-venv",
+        type=Path,
+        default=REPO_VENVS / "airflow-3.3.2",
+        help="3.3.2 venv with the unpatched provider 3.26.0 (.venv/airflow-3.3.2)",
+    )
+    g.add_argument(
+        "--patched-venv",
+        type=Path,
+        default=None,
+        help="3.3.2 venv with the patched provider 3.26.0+memfix (default: .venv/airflow-3.3.2-patched if its "
+        "provider is patched, else .venv/celery-patched)",
+    )
+    g.add_argument("--recycles", type=int, default=40, help="main-process growth measured over N recycles (40)")
+    g.add_argument(
+        "--probe-delay",
+        type=float,
+        default=0.0,
+        help="s after its fork a worker's child runs one full collection, USS logged before/after (0: in the "
+        "fork hook, before the child runs anything)",
     )
 
 
@@ -163,6 +193,8 @@ def _fmt(v: float | None) -> str:
 
 
 def run(args) -> int:
+    if getattr(args, "scenarios", None):
+        return run_provider(args)
     out_dir = common.results_dir("celery")
     if args.from_raw:
         # re-render the tables and plot of an earlier run (its raw.json, and its run parameters)
@@ -336,6 +368,312 @@ def _plot(path: Path, names: list[str], raw: dict, args) -> None:
     fig.suptitle(
         f"CeleryExecutor, {args.workers} workers x concurrency {args.concurrency}, "
         f"forced full collection every {args.age:g} s"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+
+# -- provider series (issue 18): late pool forks, patched vs unpatched provider on 3.3.2 -------------------------
+
+SCENARIOS = ("recycle", "autoscale")
+
+
+def _provider_version(venv: Path) -> str:
+    found = sorted(venv.glob("lib/python*/site-packages/apache_airflow_providers_celery-*.dist-info"))
+    if not found:
+        raise common.SeriesError(f"{venv}: no apache-airflow-providers-celery installed")
+    return found[-1].name.split("-", 1)[1].removesuffix(".dist-info")
+
+
+def _provider_builds(args) -> list[common.Build]:
+    unpatched = args.unpatched_venv.absolute()
+    patched = args.patched_venv
+    if patched is None:
+        candidates = [REPO_VENVS / "airflow-3.3.2-patched", REPO_VENVS / "celery-patched"]
+        patched = next(
+            (v for v in candidates if v.exists() and "+" in _provider_version(v)), candidates[-1]
+        )
+    patched = patched.absolute()
+    out = []
+    for venv, is_patched in ((unpatched, False), (patched, True)):
+        if not (venv / "bin" / "airflow").exists():
+            raise common.SeriesError(f"{venv}: not an Airflow venv (bin/airflow missing)")
+        version = _provider_version(venv)
+        if ("+" in version) != is_patched:
+            raise common.SeriesError(
+                f"{venv}: provider {version} is {'not ' if is_patched else ''}a patched build"
+            )
+        out.append(common.Build(f"provider {version}", venv / "bin" / "python", is_patched))
+    return out
+
+
+def _measure_provider(name: str, build: common.Build, scenario: str, args, prog, task) -> dict:
+    cfg = StackConfig(
+        venv=build.venv,
+        label=f"{scenario}-{'patched' if build.patched else 'unpatched'}",
+        backend="postgres",
+        parallelism=args.parallelism,
+        dags=[args.dag],
+        age_interval=args.age,
+    )
+    workers = [f"{WORKER_PREFIX}{i}" for i in range(1, args.workers + 1)]
+    options = CeleryOptions(
+        workers=args.workers,
+        concurrency=args.concurrency,
+        broker_url=args.broker,
+        max_tasks_per_child=1 if scenario == "recycle" else None,
+        autoscale="8,2" if scenario == "autoscale" else None,
+        probe_delay=args.probe_delay,
+        sample_interval=args.interval,
+        sample_roles=["pool", "task", "celery-worker-child", *workers],
+    )
+    with CeleryStack(cfg, options) as st:
+        sampler = st.sampler
+        assert sampler is not None
+        ready_wall = time.time()
+        done0 = st.task_counts().get("success", 0)
+        t0 = time.monotonic()
+        t_end = t0 + args.duration
+        while (left := t_end - time.monotonic()) > 0:
+            st.check_alive()
+            time.sleep(min(5.0, left))
+            prog.update(task, completed=args.duration - max(0.0, t_end - time.monotonic()))
+        elapsed = time.monotonic() - t0
+        counts = st.task_counts()
+        sampler.stop()
+        samples = [x.__dict__ for x in sampler.snapshot()]
+        mains = {w: st.procs[w].pid for w in workers}
+        return {
+            "name": name,
+            "scenario": scenario,
+            "build": build.label,
+            "patched": build.patched,
+            "ready_wall": ready_wall,
+            "elapsed": elapsed,
+            "tasks_done": counts.get("success", 0) - done0,
+            "tasks": counts,
+            "mains": mains,
+            "samples": samples,
+            "forks": {str(k): v for k, v in st.forks().items()},
+            "probes": {str(k): v for k, v in st.probes().items()},
+            "main_collections": {str(k): v for k, v in st.main_collections().items()},
+            "aging": {str(k): v for k, v in st.collection_log().items()},
+        }
+
+
+def _provider_summary(res: dict, args) -> dict:
+    mains = set(res["mains"].values())
+    forks = {int(k): v for k, v in res["forks"].items()}
+    probes = {int(k): v for k, v in res["probes"].items()}
+    ready = res["ready_wall"]
+    # initial pool processes: forked before the workers were ready; replacements: after
+    pool = {pid: p for pid, p in probes.items() if p["kind"] == "pool"}
+    initial = {pid for pid in pool if forks.get(pid, (0, 0))[0] < ready}
+    late = {pid for pid in pool if pid not in initial}
+    helpers = {pid: p for pid, p in probes.items() if p["kind"] == "helper"}
+
+    by_pid: dict[int, list[dict]] = {}
+    for x in res["samples"]:
+        by_pid.setdefault(x["pid"], []).append(x)
+
+    def idle_aged(pid: int) -> float | None:
+        # largest USS sample with no task child, after the probe's full collection
+        after = probes[pid]["wall"]
+        quiet = [x["uss"] for x in by_pid.get(pid, []) if x["children"] == 0 and x["wall"] > after]
+        return max(quiet) if quiet else None
+
+    def med(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    # worker tree PSS: every sampling round, the sum over both workers' trees; median over the second half
+    rounds: dict[float, float] = {}
+    for x in res["samples"]:
+        rounds[x["t"]] = rounds.get(x["t"], 0) + x["pss"]
+    ts = sorted(rounds)
+    second_half = [rounds[t] for t in ts[len(ts) // 2 :]]
+    # main process: RSS near the 5th late fork vs near the (5 + recycles)th, per worker. RSS, not USS: a main
+    # process's USS moves with how many pool processes happen to share its pages at that instant
+    growth = []
+    for w, main in res["mains"].items():
+        mine = sorted(forks[pid][0] for pid in late if probes[pid]["main"] == main)
+        main_samples = sorted(by_pid.get(main, []), key=lambda x: x["wall"])
+        if len(mine) > 5 + args.recycles and main_samples:
+
+            def at(wall):
+                return min(main_samples, key=lambda x: abs(x["wall"] - wall))["rss"]
+
+            growth.append((at(mine[5 + args.recycles]) - at(mine[5]), len(mine)))
+    colls = [
+        d for pid, cs in res["main_collections"].items() if int(pid) in mains for w, d, fc in cs if w > ready
+    ]
+    frozen = {
+        pid: [fc for w, d, fc in cs if w > ready] for pid, cs in res["main_collections"].items() if int(pid) in mains
+    }
+    return {
+        "pool_forks": len(pool),
+        "late_forks": len(late),
+        "initial_uss_aged": med(idle_aged(p) for p in initial),
+        "late_uss_aged": med(idle_aged(p) for p in late),
+        "late_idle_measured": sum(1 for p in late if idle_aged(p) is not None),
+        "late_uss_probe": med(pool[p]["uss_after"] for p in late),
+        "late_copy_probe": med(pool[p]["uss_after"] - pool[p]["uss_before"] for p in late),
+        "helper_uss": med(
+            (max((x["uss"] for x in by_pid.get(p, [])), default=None)) for p in helpers
+        ),
+        "tree_pss": statistics.median(second_half) if second_half else None,
+        "tree_pss_series": [(t, rounds[t]) for t in ts],
+        "main_growth": [g for g, _ in growth],
+        "main_growth_forks": [n for _, n in growth],
+        "main_uss_end": sum(by_pid[m][-1]["uss"] for m in mains if by_pid.get(m)),
+        "collect_ms": statistics.median(colls) * 1000 if colls else None,
+        "collect_max_ms": max(colls) * 1000 if colls else None,
+        "collections": len(colls),
+        "frozen": {pid: (v[0], v[-1]) if v else None for pid, v in frozen.items()},
+        "tasks_per_min": res["tasks_done"] / (res["elapsed"] / 60) if res["elapsed"] else None,
+        "failed": res["tasks"].get("failed", 0),
+    }
+
+
+def run_provider(args) -> int:
+    scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
+    unknown = [x for x in scenarios if x not in SCENARIOS]
+    if unknown:
+        raise common.SeriesError(f"unknown scenario(s) {unknown}: choose from {', '.join(SCENARIOS)}")
+    out_dir = common.results_dir("celery-provider")
+    if args.from_raw:
+        saved = json.loads(Path(args.from_raw).read_text())
+        raw, meta = saved["runs"], saved["args"]
+        for key, value in meta.items():
+            setattr(args, key, value)
+    else:
+        builds = _provider_builds(args)
+        raw = {}
+        with common.progress() as prog:
+            for scenario in scenarios:
+                for build in builds:
+                    name = f"{scenario}: {build.label}"
+                    task = prog.add_task(f"{name}: stack up + {args.duration:.0f} s of load", total=args.duration)
+                    raw[name] = _measure_provider(name, build, scenario, args, prog, task)
+                    prog.update(task, completed=args.duration)
+    meta = {
+        k: getattr(args, k)
+        for k in ("duration", "age", "workers", "concurrency", "parallelism", "recycles", "probe_delay")
+    }
+    (out_dir / "raw.json").write_text(json.dumps({"args": meta, "runs": raw}, indent=1, default=str))
+    summaries = {name: _provider_summary(res, args) for name, res in raw.items()}
+    md = out_dir / "results.md"
+    headers = [
+        "run",
+        "pool forks (late)",
+        "initial pool USS aged MB",
+        "late pool USS aged MB (idle samples)",
+        "late pool USS after 1st full collection MB",
+        "copied by it MB",
+        "vs unpatched",
+        "cleanup helper USS MB",
+        "worker trees PSS MB",
+        "vs unpatched",
+        "main USS end MB",
+        f"main RSS growth over {args.recycles} recycles MB",
+        "main full collections after ready: n, median (max) ms",
+        "main frozen objects first -> last",
+        "tasks/min",
+    ]
+    rows = []
+    for name, s in summaries.items():
+        base = next(
+            (summaries[n] for n, r in raw.items() if r["scenario"] == raw[name]["scenario"] and not r["patched"]),
+            None,
+        )
+
+        def vs(key):
+            return common.ratio(s[key], base[key]) if base and s[key] and base[key] else "-"
+
+        rows.append(
+            [
+                name,
+                f"{s['pool_forks']} ({s['late_forks']})",
+                _fmt(s["initial_uss_aged"]),
+                f"{_fmt(s['late_uss_aged'])} ({s['late_idle_measured']})",
+                _fmt(s["late_uss_probe"]),
+                _fmt(s["late_copy_probe"]),
+                vs("late_uss_probe") + " / idle " + vs("late_uss_aged"),
+                _fmt(s["helper_uss"]),
+                _fmt(s["tree_pss"]),
+                vs("tree_pss"),
+                _fmt(s["main_uss_end"]),
+                ", ".join(_fmt(g) for g in s["main_growth"]) or "- (too few recycles)",
+                f"{s['collections']}, {s['collect_ms']:.0f} ({s['collect_max_ms']:.0f})"
+                if s["collect_ms"] is not None
+                else "0",
+                ", ".join(f"{a} -> {b}" for a, b in (v for v in s["frozen"].values() if v)) or "0",
+                f"{s['tasks_per_min']:.0f}" + (f" ({s['failed']} failed)" if s["failed"] else ""),
+            ]
+        )
+    title = (
+        f"celery provider 3.26.0 patched vs unpatched on Airflow 3.3.2: {args.workers} workers x concurrency "
+        f"{args.concurrency} (autoscale: --autoscale 8,2), {args.duration:.0f} s of load, [core] parallelism "
+        f"{args.parallelism}, forced full collection every {args.age:g} s in forked children + one "
+        f"{args.probe_delay:g} s after each fork of a worker's child"
+    )
+    common.print_table(title, headers, rows)
+    common.write_markdown_table(md, title, headers, rows)
+    png = out_dir / "celery-provider.png"
+    _plot_provider(png, raw, summaries, args)
+    common.console.print(f"results: {md}, {png}, {out_dir / 'raw.json'}")
+    return 0
+
+
+def _plot_provider(path: Path, raw: dict, summaries: dict, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(raw)
+    fig, (ax_tree, ax_bar) = plt.subplots(1, 2, figsize=(14, 5))
+    styles = {False: "tab:red", True: "tab:green"}
+    for name in names:
+        series = summaries[name]["tree_pss_series"]
+        ax_tree.plot(
+            [t for t, _ in series],
+            [v / MB for _, v in series],
+            color=styles[raw[name]["patched"]],
+            ls="-" if raw[name]["scenario"] == "recycle" else "--",
+            label=name,
+        )
+    ax_tree.set_xlabel("seconds since the stack was up")
+    ax_tree.set_ylabel("MB")
+    ax_tree.set_title("PSS of both worker trees (main, pool, helpers, tasks)")
+    ax_tree.legend(fontsize=7)
+    metrics = [
+        ("late_uss_probe", "late pool USS\nafter 1st collection"),
+        ("late_uss_aged", "late pool USS\nidle, aged"),
+        ("initial_uss_aged", "initial pool USS\nidle, aged"),
+        ("helper_uss", "cleanup helper\nUSS"),
+        ("main_uss_end", "worker mains\nUSS (sum)"),
+    ]
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        vals = [(summaries[name][k] or 0) / MB for k, _ in metrics]
+        ax_bar.bar(
+            [j + i * width for j in range(len(metrics))],
+            vals,
+            width,
+            color=styles[raw[name]["patched"]],
+            alpha=1.0 if raw[name]["scenario"] == "recycle" else 0.5,
+            label=name,
+        )
+    ax_bar.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], [m for _, m in metrics], fontsize=7)
+    ax_bar.set_ylabel("MB")
+    ax_bar.set_title("per process (median)")
+    ax_bar.legend(fontsize=7)
+    fig.suptitle(
+        f"CeleryExecutor on 3.3.2, provider 3.26.0 patched vs unpatched: {args.workers} workers, "
+        f"concurrency {args.concurrency} / --autoscale 8,2"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
