@@ -102,6 +102,6 @@ def test_5b_sigterm_dag_processor_during_slow_preload(fstack, features):
 
 def test_whole_stack_stops_within_10s(fstack):
     seconds, left = fs.timed_stop(fstack)
-    print(f"stack stopped in {seconds:.1f}s")
+    print(f"stack stopped in {seconds:.1f}s; SIGKILLed after the grace: {fstack.stop_killed or 'none'}")
     assert not left, f"processes survived the stack: {left}"
     assert seconds <= fs.STOP_WITHIN, f"the stack took {seconds:.1f}s to stop"

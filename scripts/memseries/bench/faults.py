@@ -100,6 +100,8 @@ def _run_build(label: str, venv: Path, args, cluster, log) -> list[fs.Outcome]:
             finally:
                 stop_s, left = fs.timed_stop(st)
             stop = fs.Outcome("stop of the quick stack", label, stop_s=stop_s)
+            if st.stop_killed:  # type: ignore[attr-defined]
+                stop.notes.append(f"needed SIGKILL after the grace: {st.stop_killed}")  # type: ignore[attr-defined]
             if left:
                 stop.notes.append(f"FAIL: left behind: {[p.pid for p in left]}")
             outcomes.append(stop)
@@ -116,6 +118,8 @@ def _run_build(label: str, venv: Path, args, cluster, log) -> list[fs.Outcome]:
             finally:
                 o_stop, left = fs.timed_stop(st)
             o.stop_s = o_stop
+            if st.stop_killed:  # type: ignore[attr-defined]
+                o.notes.append(f"needed SIGKILL after the grace: {st.stop_killed}")  # type: ignore[attr-defined]
             if left:
                 o.notes.append(f"FAIL: left behind: {[p.pid for p in left]}")
             outcomes.append(o)
