@@ -74,12 +74,15 @@ def test_interrupting_the_orchestrator_leaves_no_process(e2e_venv, tmp_path, sig
         assert "worker" in info["roles"], info
         procs = [p for p in map(_proc, info["pids"]) if p]
         orch.send_signal(sig)
+        t_signal = time.monotonic()
         if twice:
             time.sleep(0.5)  # the first stop is under way (SIGTERM sent, waiting for the scheduler)
             orch.send_signal(sig)
             _gone, alive = psutil.wait_procs(procs, timeout=KILL_WITHIN)
             assert not alive, f"alive {KILL_WITHIN:g} s after a second Ctrl-C: {alive}"
         _gone, alive = psutil.wait_procs(procs, timeout=STOP_WITHIN)
+        print(f"{len(procs)} processes of the stack gone {time.monotonic() - t_signal:.1f} s after the "
+              f"{'second ' if twice else ''}{signal.Signals(sig).name}")
         assert not alive, f"alive {STOP_WITHIN:g} s after the signal: {alive}"
         orch.wait(timeout=60)
         in_sessions = [p for p in psutil.process_iter() if _sid(p.pid) in set(info["sids"])]

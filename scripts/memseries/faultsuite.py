@@ -1,0 +1,677 @@
+"""Fault scenarios on a real Airflow stack (issue 17), shared by tests/e2e/test_faults.py and `memseries bench faults`.
+
+A scenario injects one fault into a running stack (PostgreSQL, api-server, dag-processor, scheduler(s),
+LocalExecutor) while runs of the `memseries_faults` DAG are in flight, waits for recovery and returns an
+`Outcome`, judged from the metadata DB and from the files every task try writes (faultdags/memseries_faults.py):
+
+- every TI of the scenario's runs ends in `success` (after retries or not): otherwise it is *lost*;
+- no TI ever has two tries (or one try twice) running at once: otherwise it is *doubled*;
+- no try stayed queued longer than `[scheduler] task_queued_timeout` (set short here);
+- no deadlock error in any log of the stack.
+
+Scenarios never raise on a failed expectation: the bench tabulates, the tests assert `outcome.problems()`.
+Timeouts are derived from what is waited for (heartbeat timeout, queued timeout, task length), with wide margins.
+Nothing here imports airflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+from memseries.stack import Component, Stack, StackConfig, StackError
+from memseries.stack.procs import WORKER_TITLE
+
+FAULT_DAGS = Path(__file__).resolve().parent / "faultdags"
+FAULT_DAG = "memseries_faults"
+SLOW_PARSE_DAG = "memseries_faults_slow_parse"
+VERSIONED_DAG = "memseries_faults_versioned"
+TRACK_ENV = "MEMSERIES_FAULTS_TRACK_DIR"
+
+PARALLELISM = 2
+HEARTBEAT_TIMEOUT = 20.0  # [scheduler] task_instance_heartbeat_timeout
+HEARTBEAT_DETECTION = 5.0
+QUEUED_TIMEOUT = 60.0  # [scheduler] task_queued_timeout ("short")
+QUEUED_CHECK = 10.0
+RETRY_DELAY = 2.0  # the DAG's retry_delay
+STOP_WITHIN = 10.0
+#: one scheduling round trip (trigger -> queued -> running -> success) of a tiny task on a busy 2-core machine
+ROUND_TRIP = 60.0
+DEADLOCK = re.compile(r"deadlock detected|DeadlockDetected|ERROR:\s+deadlock", re.IGNORECASE)
+SLOW_PRELOAD_MODULE = "memseries_slow_preload"
+
+
+# -- the build under test ----------------------------------------------------------------------------------------
+
+def _site_packages(venv: Path) -> Path | None:
+    found = sorted(Path(venv).glob("lib/python3*/site-packages"))
+    return found[0] if found else None
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildFeatures:
+    """What the venv's Airflow can do, decided by looking at its files (never by its version string)."""
+
+    local_zygote: bool  # airflow.executors.local_zygote (lexec, 3.3.2 patches 0007/0008: dead workers handled)
+    preload_modules: bool  # [dag_processor] preload_modules (dagproc, 3.3.2 series)
+
+    @classmethod
+    def probe(cls, venv: Path) -> BuildFeatures:
+        sp = _site_packages(venv)
+        if sp is None:
+            return cls(False, False)
+        cfg = sp / "airflow" / "config_templates" / "config.yml"
+        text = cfg.read_text(errors="replace") if cfg.exists() else ""
+        return cls(
+            local_zygote=(sp / "airflow" / "executors" / "local_zygote.py").exists(),
+            preload_modules=re.search(r"^    preload_modules:\s*$", text, re.MULTILINE) is not None,
+        )
+
+    def missing(self, scenario: str) -> str | None:
+        """Why the build cannot pass `scenario` (a skip reason for make test), or None."""
+        if scenario == "idle-worker-kill" and not self.local_zygote:
+            return ("needs the lexec patches (3.3.2 0007/0008: LocalExecutor zygote + dead-worker handling; probe: "
+                    "airflow/executors/local_zygote.py absent): an idle worker SIGKILLed while it holds the task "
+                    "queue's read lock wedges the pool of unpatched LocalExecutor")
+        if scenario == "dagproc-sigterm-preload" and not self.preload_modules:
+            return "the build has no [dag_processor] preload_modules (dagproc's 3.3.2 series patch 0010)"
+        return None
+
+
+# -- stack -------------------------------------------------------------------------------------------------------
+
+def fault_config(venv: Path, label: str, track: Path, *, schedulers: int = 1, extra_dags: list[Path] | None = None,
+                 config: dict | None = None) -> StackConfig:
+    settings = {
+        ("scheduler", "task_instance_heartbeat_timeout"): str(int(HEARTBEAT_TIMEOUT)),
+        ("scheduler", "task_instance_heartbeat_timeout_detection_interval"): str(int(HEARTBEAT_DETECTION)),
+        ("scheduler", "task_queued_timeout"): str(QUEUED_TIMEOUT),
+        ("scheduler", "task_queued_timeout_check_interval"): str(QUEUED_CHECK),
+        ("scheduler", "scheduler_health_check_threshold"): "15",
+        ("scheduler", "orphaned_tasks_check_interval"): "10",
+        ("dag_processor", "min_file_process_interval"): "8",
+        ("dag_processor", "refresh_interval"): "5",
+        **(config or {}),
+    }
+    extra = [Component(f"scheduler-{i + 2}", []) for i in range(schedulers - 1)]
+    cfg = StackConfig(
+        venv=venv,
+        label=label,
+        backend="postgres",
+        parallelism=PARALLELISM,
+        dags=[FAULT_DAGS / "memseries_faults.py", FAULT_DAGS / "memseries_faults_slow_parse.py", *(extra_dags or [])],
+        age_interval=None,
+        config=settings,
+        env={TRACK_ENV: str(track)},
+        extra_components=extra,
+    )
+    return cfg
+
+
+class FaultStack(Stack):
+    """A Stack whose extra `scheduler-N` components are more schedulers (argv filled in at start)."""
+
+    def start_component(self, comp: Component) -> subprocess.Popen:
+        if comp.name.startswith("scheduler") and not comp.argv:
+            comp = Component(comp.name, self.component_argv("scheduler"), comp.env)
+        return super().start_component(comp)
+
+
+def open_stack(venv: Path, label: str, track: Path, log: Callable[[str], None] = print, **kw) -> FaultStack:
+    st = FaultStack(fault_config(venv, label, track, **kw), log=log)
+    st.track = track  # type: ignore[attr-defined]
+    st.start()
+    # the fault DAG must be parsed and unpaused before anything is triggered
+    st.wait_for(lambda: bool(st.query("SELECT 1 FROM dag WHERE dag_id = %s AND NOT is_paused", (FAULT_DAG,))),
+                240, f"{FAULT_DAG} parsed")
+    return st
+
+
+def timed_stop(st: Stack) -> tuple[float, list]:
+    """Stop the whole stack (every group at once): seconds until no process of it is left, and what was left.
+
+    Timed: SIGTERM to every group, the grace, SIGKILL of what is left; not timed: dropping the database and
+    removing AIRFLOW_HOME, which `st.stop()` does afterwards."""
+    t0 = time.monotonic()
+    st.groups.stop(grace=st.cfg.stop_grace)
+    st.groups.kill_leftovers()
+    elapsed = time.monotonic() - t0
+    left = st.leftovers()
+    killed = sorted(n for n, p in st.procs.items() if p.returncode == -signal.SIGKILL)
+    st.stop_killed = killed  # type: ignore[attr-defined]
+    st.stop()
+    return elapsed, left
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------------------
+
+def pg_cluster(port: int = 5432) -> tuple[str, str] | None:
+    """(version, name) of the local cluster on `port`, from pg_lsclusters; None without pg_ctlcluster."""
+    try:
+        out = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] == str(port):
+            return parts[0], parts[1]
+    return None
+
+
+def pg_online(cluster: tuple[str, str]) -> bool:
+    out = subprocess.run(["pg_lsclusters", "--no-header", cluster[0], cluster[1]], capture_output=True, text=True,
+                         timeout=30).stdout
+    return " online" in out
+
+
+def ensure_pg_running(cluster: tuple[str, str] | None) -> None:
+    """Whatever happened: the cluster runs afterwards (start it if it does not)."""
+    if cluster is None:
+        return
+    for _ in range(3):
+        with contextlib.suppress(Exception):
+            if pg_online(cluster):
+                return
+            subprocess.run(["pg_ctlcluster", cluster[0], cluster[1], "start"], timeout=120, check=False)
+        time.sleep(2)
+
+
+def pg_restart_unavailable(cluster: tuple[str, str] | None) -> str | None:
+    if cluster is None:
+        return "no local PostgreSQL cluster on port 5432 in pg_lsclusters (pg_ctlcluster not available)"
+    if os.geteuid() != 0 and os.environ.get("USER") != "postgres":
+        return "restarting PostgreSQL needs root or the postgres user"
+    return None
+
+
+# -- observing ---------------------------------------------------------------------------------------------------
+
+def _epoch(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def trigger(st: Stack, scenario: str, n: int = 4, seconds: float = 6) -> str:
+    run_id = f"faults__{scenario}__{uuid.uuid4().hex[:8]}"
+    res = st.airflow_cli("dags", "trigger", FAULT_DAG, "-r", run_id, "-c", json.dumps({"n": n, "seconds": seconds}))
+    if res.returncode != 0:
+        raise StackError(f"`airflow dags trigger` failed: {res.stdout[-1500:]}{res.stderr[-1500:]}")
+    return run_id
+
+
+def run_state(st: Stack, run_id: str) -> str | None:
+    rows = st.query("SELECT state FROM dag_run WHERE run_id = %s", (run_id,))
+    return str(rows[0][0]) if rows else None
+
+
+def tis(st: Stack, run_id: str) -> list[tuple]:
+    return st.query(
+        "SELECT task_id, map_index, state, try_number, id FROM task_instance WHERE run_id = %s "
+        "ORDER BY task_id, map_index", (run_id,))
+
+
+def running_work(st: Stack, run_id: str) -> list[tuple]:
+    return [t for t in tis(st, run_id) if t[0] == "work" and str(t[2]) == "running"]
+
+
+def worker_of(st: Stack, ti_id) -> psutil.Process | None:
+    key = str(ti_id).replace("-", "").lower()
+    for w in st.workers():
+        if w.title.replace("-", "").lower().rstrip().endswith(key):
+            with contextlib.suppress(psutil.Error):
+                return psutil.Process(w.pid)
+    return None
+
+
+def idle_workers(st: Stack) -> list:
+    return [w for w in st.workers() if w.title.rstrip().endswith("<idle>")]
+
+
+def drained(st: Stack) -> bool:
+    return st.query("SELECT count(*) FROM task_instance WHERE state IN ('queued', 'running', 'scheduled', "
+                    "'up_for_retry', 'restarting')")[0][0] == 0
+
+
+def wait_quiet(st: Stack, timeout: float = 3 * ROUND_TRIP) -> bool:
+    try:
+        st.wait_for(lambda: drained(st), timeout, "no task instance in flight", poll=1.0)
+        return True
+    except StackError:
+        return False
+
+
+def wait_run(st: Stack, run_id: str, timeout: float) -> float | None:
+    """Seconds until the run is finished (success or failed), None if it is not within `timeout`."""
+    t0 = time.monotonic()
+    try:
+        st.wait_for(lambda: run_state(st, run_id) in ("success", "failed"), timeout, f"run {run_id} to finish",
+                    poll=1.0)
+    except StackError as e:
+        if "timed out" not in str(e):
+            raise
+        return None
+    return time.monotonic() - t0
+
+
+def wchan(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text().strip()
+    except OSError:
+        return ""
+
+
+def deadlock_lines(st: Stack) -> int:
+    n = 0
+    if not st.home:
+        return 0
+    for path in (st.home / "logs").rglob("*"):
+        if path.is_file():
+            with contextlib.suppress(OSError):
+                n += len(DEADLOCK.findall(path.read_text(errors="replace")))
+    return n
+
+
+def track_tries(track: Path, run_ids: list[str]) -> dict[tuple[str, str, str], dict[int, dict]]:
+    """(run, task, map_index) -> try_number -> {"pids": {pid: (first, last)}, "end": bool} from the task files."""
+    out: dict[tuple[str, str, str], dict[int, dict]] = {}
+    for run_id in run_ids:
+        for f in track.glob(f"{run_id}.*.log"):
+            _, task_id, map_index, _ = f.name.rsplit(".", 3)
+            tries = out.setdefault((run_id, task_id, map_index), {})
+            for line in f.read_text(errors="replace").splitlines():
+                parts = line.split()
+                if len(parts) != 4:
+                    continue
+                what, tn, pid, t = parts[0], int(parts[1]), int(parts[2]), float(parts[3])
+                rec = tries.setdefault(tn, {"pids": {}, "end": False})
+                first, last = rec["pids"].get(pid, (t, t))
+                rec["pids"][pid] = (min(first, t), max(last, t))
+                rec["end"] = rec["end"] or what == "end"
+    return out
+
+
+def doubled(track: Path, run_ids: list[str]) -> list[str]:
+    """TIs that ever had two tries, or one try in two processes, running at the same time."""
+    bad = []
+    for key, tries in track_tries(track, run_ids).items():
+        spans = [(tn, pid, a, b) for tn, rec in tries.items() for pid, (a, b) in rec["pids"].items()]
+        for i, (tn1, p1, a1, b1) in enumerate(spans):
+            for tn2, p2, a2, b2 in spans[i + 1:]:
+                if a1 < b2 and a2 < b1:
+                    bad.append(f"{'.'.join(key)}: try {tn1} (pid {p1}) and try {tn2} (pid {p2}) overlap")
+    return bad
+
+
+def queued_too_long(st: Stack, run_ids: list[str]) -> list[str]:
+    """Tries that waited in `queued` longer than task_queued_timeout (or were failed there by it)."""
+    bad = []
+    for table in ("task_instance", "task_instance_history"):
+        for run_id in run_ids:
+            rows = st.query(f"SELECT task_id, map_index, try_number, state, queued_dttm, start_date, end_date "
+                            f"FROM {table} WHERE run_id = %s", (run_id,))
+            for task_id, mi, tn, state, q, s, e in rows:
+                q, s, e = _epoch(q), _epoch(s), _epoch(e)
+                if q is None:
+                    continue
+                if s is not None and s >= q and s - q > QUEUED_TIMEOUT:
+                    bad.append(f"{run_id}.{task_id}.{mi} try {tn}: queued {s - q:.0f}s")
+                elif s is None and str(state) in ("failed", "up_for_retry") and (e or time.time()) - q >= QUEUED_TIMEOUT:
+                    bad.append(f"{run_id}.{task_id}.{mi} try {tn}: failed in queued")
+                elif str(state) == "queued" and time.time() - q > QUEUED_TIMEOUT:
+                    bad.append(f"{run_id}.{task_id}.{mi} try {tn}: still queued after {time.time() - q:.0f}s")
+    return bad
+
+
+# -- outcome -----------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Outcome:
+    scenario: str
+    build: str
+    ok: int = 0  # TIs in success
+    retried: int = 0  # of which needed more than one try
+    lost: int = 0  # TIs not in success at the end
+    doubled: int = 0
+    queued_too_long: int = 0
+    deadlocks: int = 0
+    recovery_s: float | None = None  # fault -> every run of the scenario finished
+    stop_s: float | None = None
+    skipped: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.lost:
+            out.append(f"{self.lost} task instance(s) lost (not success at the end)")
+        if self.doubled:
+            out.append(f"{self.doubled} task instance(s) ran twice at once")
+        if self.queued_too_long:
+            out.append(f"{self.queued_too_long} tr(y/ies) queued longer than task_queued_timeout")
+        if self.deadlocks:
+            out.append(f"{self.deadlocks} deadlock error(s) in the logs")
+        if self.stop_s is not None and self.stop_s > STOP_WITHIN:
+            out.append(f"the stack took {self.stop_s:.1f}s to stop (> {STOP_WITHIN:g}s)")
+        return out + [n for n in self.notes if n.startswith("FAIL")]
+
+    def row(self) -> list:
+        def s(v):
+            return "-" if v is None else f"{v:.0f}"
+        if self.skipped:
+            return [self.scenario, self.build, "skipped", "", "", "", "", "", self.skipped]
+        verdict = "; ".join(self.problems()) or "ok"
+        return [self.scenario, self.build, self.ok, self.retried, self.lost, self.doubled, s(self.recovery_s),
+                "-" if self.stop_s is None else f"{self.stop_s:.1f}", verdict]
+
+
+HEADERS = ["scenario", "build", "TIs ok", "retried", "lost", "doubled", "recovery s", "stop s", "verdict"]
+
+
+def assess(st: Stack, outcome: Outcome, run_ids: list[str], deadlocks_before: int) -> Outcome:
+    track: Path = st.track  # type: ignore[attr-defined]
+    for run_id in run_ids:
+        for task_id, _mi, state, tn, _id in tis(st, run_id):
+            if str(state) == "success":
+                outcome.ok += 1
+                outcome.retried += int(tn or 1) > 1
+            else:
+                outcome.lost += 1
+                outcome.notes.append(f"{run_id}.{task_id}.{_mi}: {state} (try {tn})")
+    dbl = doubled(track, run_ids)
+    outcome.doubled = len({d.split(":")[0] for d in dbl})
+    outcome.notes += dbl
+    q = queued_too_long(st, run_ids)
+    outcome.queued_too_long = len(q)
+    outcome.notes += q
+    outcome.deadlocks = max(0, deadlock_lines(st) - deadlocks_before)
+    return outcome
+
+
+def _recover(st: Stack, outcome: Outcome, run_ids: list[str], fault_at: float, timeout: float) -> None:
+    for run_id in run_ids:
+        if wait_run(st, run_id, max(1.0, timeout - (time.monotonic() - fault_at))) is None:
+            outcome.notes.append(f"run {run_id} not finished {timeout:.0f}s after the fault")
+            return
+    outcome.recovery_s = time.monotonic() - fault_at
+
+
+# -- scenarios ---------------------------------------------------------------------------------------------------
+
+TASK_SECONDS = 12.0
+#: a SIGKILLed busy worker's task is noticed at the heartbeat timeout (unpatched) and retried; then it runs again
+BUSY_RECOVERY = 3 * (HEARTBEAT_TIMEOUT + HEARTBEAT_DETECTION + RETRY_DELAY + TASK_SECONDS) + 2 * ROUND_TRIP
+
+
+def busy_worker_kill(st: Stack, build: str) -> Outcome:
+    """1. SIGKILL a LocalExecutor worker while it runs a task."""
+    out = Outcome("1 busy worker SIGKILL", build)
+    before = deadlock_lines(st)
+    run_id = trigger(st, "busy", n=3, seconds=TASK_SECONDS)
+
+    def victim():
+        for t in running_work(st, run_id):
+            if (w := worker_of(st, t[4])) is not None:
+                return w
+        return None
+
+    st.wait_for(lambda: victim() is not None, 3 * ROUND_TRIP, "a fault task running in a worker", poll=0.3)
+    w = victim()
+    w.send_signal(signal.SIGKILL)
+    fault_at = time.monotonic()
+    out.notes.append(f"killed busy worker {w.pid}")
+    _recover(st, out, [run_id], fault_at, BUSY_RECOVERY)
+    return assess(st, out, [run_id], before)
+
+
+def idle_worker_kill(st: Stack, build: str) -> Outcome:
+    """2. SIGKILL each idle worker in turn (the one blocked reading the queue, i.e. holding its read lock, last);
+    after each kill a small run must go through the pool."""
+    out = Outcome("2 idle worker SIGKILL", build)
+    before = deadlock_lines(st)
+    wait_quiet(st)
+    st.wait_for(lambda: len(idle_workers(st)) >= PARALLELISM, 3 * ROUND_TRIP, "idle LocalExecutor workers", poll=1)
+    time.sleep(2)  # let every idle worker block in the queue's get()
+    victims = idle_workers(st)
+    # the holder of the read lock sleeps in the pipe read, the others wait on the lock (a futex): holder last
+    victims.sort(key=lambda w: "pipe" in wchan(w.pid))
+    out.notes.append("idle workers (pid wchan): " + ", ".join(f"{w.pid} {wchan(w.pid) or '?'}" for w in victims))
+    run_ids = []
+    t_first = None
+    for w in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.pid, signal.SIGKILL)
+        fault_at = time.monotonic()
+        t_first = t_first or fault_at
+        run_id = trigger(st, "idle", n=PARALLELISM, seconds=2)
+        run_ids.append(run_id)
+        # healthy: one round trip; the wedge shows as tries failed by task_queued_timeout, then retried in vain
+        if wait_run(st, run_id, QUEUED_TIMEOUT + QUEUED_CHECK + 2 * ROUND_TRIP) is None:
+            out.notes.append(f"FAIL: pool wedged after SIGKILL of idle worker {w.pid}: run {run_id} did not finish")
+            break
+        if run_state(st, run_id) != "success":
+            out.notes.append(f"run {run_id} after killing {w.pid}: {run_state(st, run_id)}")
+            break
+    else:
+        out.recovery_s = time.monotonic() - t_first
+    return assess(st, out, run_ids, before)
+
+
+def scheduler_kill_restart(st: Stack, build: str) -> Outcome:
+    """3. SIGKILL the scheduler (its main process only) while tasks run, then start a new one."""
+    out = Outcome("3 scheduler SIGKILL + restart", build)
+    before = deadlock_lines(st)
+    run_id = trigger(st, "sched", n=4, seconds=TASK_SECONDS)
+    st.wait_for(lambda: len(running_work(st, run_id)) >= 1, 3 * ROUND_TRIP, "fault tasks running", poll=0.5)
+    old = st.procs["scheduler"]
+    old.send_signal(signal.SIGKILL)
+    fault_at = time.monotonic()
+    old.wait(timeout=30)
+    st.start_component(Component("scheduler", st.component_argv("scheduler")))
+    # the new scheduler adopts or resets what the dead one had queued (scheduler_health_check_threshold 15 s,
+    # orphan check every 10 s) and the heartbeat timeout catches what it was running
+    _recover(st, out, [run_id], fault_at, BUSY_RECOVERY + 60)
+    return assess(st, out, [run_id], before)
+
+
+def postgres_restart(st: Stack, build: str, cluster: tuple[str, str] | None = None) -> Outcome:
+    """4. Restart PostgreSQL while tasks run (the server runs again afterwards whatever happens)."""
+    out = Outcome("4 PostgreSQL restart", build)
+    cluster = cluster or pg_cluster()
+    if reason := pg_restart_unavailable(cluster):
+        out.skipped = reason
+        return out
+    before = deadlock_lines(st)
+    run_id = trigger(st, "pg", n=4, seconds=TASK_SECONDS)
+    st.wait_for(lambda: len(running_work(st, run_id)) >= 1, 3 * ROUND_TRIP, "fault tasks running", poll=0.5)
+    try:
+        res = subprocess.run(["pg_ctlcluster", cluster[0], cluster[1], "restart"], capture_output=True,
+                             text=True, timeout=180)
+        fault_at = time.monotonic()
+        if res.returncode != 0:
+            out.notes.append(f"FAIL: pg_ctlcluster restart exit {res.returncode}: {res.stderr[-500:]}")
+    finally:
+        ensure_pg_running(cluster)
+    try:
+        _recover(st, out, [run_id], fault_at, BUSY_RECOVERY + 60)
+    except StackError as e:  # a component exited on the lost connection
+        out.notes.append(f"FAIL: {str(e).splitlines()[0]}")
+        return out
+    return assess(st, out, [run_id], before)
+
+
+def parse_process_kill(st: Stack, build: str) -> Outcome:
+    """5a. SIGKILL the process parsing a (slow) DAG file: the file is parsed again, the dag-processor lives on."""
+    out = Outcome("5a parse process SIGKILL", build)
+    before = deadlock_lines(st)
+    track: Path = st.track  # type: ignore[attr-defined]
+    dagproc = st.procs["dag-processor"].pid
+
+    def parsing_now():
+        for f in track.glob("slow_parse.*"):
+            pid = int(f.name.split(".")[1])
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if dagproc in {p.pid for p in proc.parents()}:
+                    return proc
+        return None
+
+    st.wait_for(lambda: parsing_now() is not None, 3 * ROUND_TRIP, "a parse of the slow DAG file", poll=0.2)
+    victim = parsing_now()
+    victim.send_signal(signal.SIGKILL)
+    fault_at = time.monotonic()
+    killed_wall = time.time()
+    out.notes.append(f"killed parse process {victim.pid}")
+
+    def reparsed():
+        rows = st.query("SELECT last_parsed_time FROM dag WHERE dag_id = %s", (SLOW_PARSE_DAG,))
+        return bool(rows) and (_epoch(rows[0][0]) or 0) > killed_wall
+
+    try:
+        st.wait_for(reparsed, 3 * ROUND_TRIP, "the slow file parsed again")
+        out.recovery_s = time.monotonic() - fault_at
+    except StackError as e:
+        out.notes.append(f"FAIL: {str(e).splitlines()[0]}")
+    # and the stack still runs tasks
+    run_id = trigger(st, "parse", n=2, seconds=2)
+    if wait_run(st, run_id, 3 * ROUND_TRIP) is None:
+        out.notes.append(f"FAIL: run {run_id} not finished after the parse kill")
+    return assess(st, out, [run_id], before)
+
+
+SLOW_PRELOAD_SECONDS = 60.0
+SLOW_PRELOAD = f'''"""memseries fault suite: a module whose import takes {SLOW_PRELOAD_SECONDS:g} s (approved preload)."""
+import os, time
+_track = os.environ.get("{TRACK_ENV}")
+if _track:
+    open(os.path.join(_track, "preload." + str(os.getpid())), "w").write(str(time.time()))
+time.sleep({SLOW_PRELOAD_SECONDS})
+'''
+
+
+def dagproc_sigterm_preload(st: Stack, build: str, features: BuildFeatures) -> Outcome:
+    """5b. SIGTERM the dag-processor while it imports a slow approved preload module: it stops within 10 s."""
+    out = Outcome("5b dag-processor SIGTERM in preload", build)
+    if reason := features.missing("dagproc-sigterm-preload"):
+        out.skipped = reason
+        return out
+    assert st.home
+    track: Path = st.track  # type: ignore[attr-defined]
+    (st.home / "memseries-site" / f"{SLOW_PRELOAD_MODULE}.py").write_text(SLOW_PRELOAD)
+    st.stop_component("dag-processor")
+    for f in track.glob("preload.*"):
+        f.unlink()
+    env = {"AIRFLOW__DAG_PROCESSOR__PRELOAD_MODULES": SLOW_PRELOAD_MODULE}
+    proc = st.start_component(Component("dag-processor", st.component_argv("dag-processor"), env))
+    st.wait_for(lambda: any(track.glob("preload.*")), 3 * ROUND_TRIP, "the slow preload import to start", poll=0.2)
+    members = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    procs = [p for p in map(_proc, members) if p]
+    os.killpg(proc.pid, signal.SIGTERM)
+    t0 = time.monotonic()
+    _gone, alive = psutil.wait_procs(procs, timeout=SLOW_PRELOAD_SECONDS / 2)
+    out.stop_s = time.monotonic() - t0
+    if alive:
+        out.notes.append(f"FAIL: still alive {out.stop_s:.0f}s after SIGTERM: {[p.pid for p in alive]}")
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    out.notes.append(f"dag-processor exit code {proc.wait(timeout=30)}")
+    # back to a normal dag-processor
+    st.start_component(Component("dag-processor", st.component_argv("dag-processor")))
+    out.ok = int(not alive)
+    out.lost = int(bool(alive))
+    return out
+
+
+def _proc(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+# -- long runs (bench) -------------------------------------------------------------------------------------------
+
+VERSIONED_SRC = FAULT_DAGS / "memseries_faults.py"
+
+
+_VERSIONED_START: dict[Path, datetime] = {}
+
+
+def write_versioned_dag(dags_dir: Path, version: int) -> None:
+    """memseries_faults as a scheduled DAG (every minute, catch-up) whose doc changes with `version`: every rewrite
+    makes a new serialized DAG, so the dag-processor writes new dag_version rows while the schedulers run it."""
+    src = VERSIONED_SRC.read_text()
+    src = src.replace('dag_id="memseries_faults"', f'dag_id="{VERSIONED_DAG}"')
+    src = src.replace("schedule=None", "schedule=timedelta(minutes=1)")
+    start = _VERSIONED_START.setdefault(dags_dir, datetime.fromtimestamp(time.time() // 60 * 60 - 600, UTC))
+    src = src.replace("start_date=datetime(2026, 1, 1)",
+                      f"start_date=datetime({start:%Y, %-m, %-d, %-H, %-M}), doc_md='version {version}'")
+    src = src.replace("catchup=False", "catchup=True")
+    src = src.replace("max_active_runs=16", "max_active_runs=3")
+    tmp = dags_dir / f".{VERSIONED_DAG}.tmp"
+    tmp.write_text(src)
+    tmp.replace(dags_dir / f"{VERSIONED_DAG}.py")
+
+
+def all_run_ids(st: Stack, dag_ids: tuple[str, ...]) -> list[str]:
+    marks = ",".join(["%s"] * len(dag_ids))
+    return [r[0] for r in st.query(f"SELECT run_id FROM dag_run WHERE dag_id IN ({marks})", dag_ids)]
+
+
+def two_schedulers(st: Stack, build: str, duration: float, progress: Callable[[float], None] = lambda f: None,
+                   fault_every: float = 0.0, features: BuildFeatures | None = None) -> Outcome:
+    """6. (and the mixed run) Two schedulers while the versioned DAG changes every 20 s; with `fault_every`, one of
+    the quick faults (1, 3, 4, 5a) in turn every `fault_every` seconds."""
+    name = "6 two schedulers, DAG versions" if not fault_every else "mixed run (1,3,4,5a + versions)"
+    out = Outcome(name, build)
+    assert st.home
+    before = deadlock_lines(st)
+    t0 = time.monotonic()
+    version = 0
+    next_fault = t0 + fault_every if fault_every else float("inf")
+    faults = [busy_worker_kill, scheduler_kill_restart, postgres_restart, parse_process_kill]
+    sub: list[Outcome] = []
+    write_versioned_dag(st.dags_dir, version)
+    while time.monotonic() - t0 < duration:
+        progress((time.monotonic() - t0) / duration)
+        st.check_alive()
+        time.sleep(20)
+        version += 1
+        write_versioned_dag(st.dags_dir, version)
+        if time.monotonic() >= next_fault:
+            fault = faults[len(sub) % len(faults)]
+            sub.append(fault(st, build))
+            next_fault = time.monotonic() + fault_every
+    versions = st.query("SELECT count(*) FROM dag_version WHERE dag_id = %s", (VERSIONED_DAG,))[0][0]
+    st.set_paused(VERSIONED_DAG)
+    wait_quiet(st, BUSY_RECOVERY + QUEUED_TIMEOUT)
+    runs = all_run_ids(st, (VERSIONED_DAG,))
+    out.notes.append(f"{len(runs)} runs, {versions} dag versions")
+    assess(st, out, runs, before)
+    for s in sub:
+        out.ok += s.ok
+        out.retried += s.retried
+        out.lost += s.lost
+        out.doubled += s.doubled
+        out.queued_too_long += s.queued_too_long
+        out.notes += [f"[{s.scenario}] {n}" for n in s.notes]
+    if sub:
+        rec = [s.recovery_s for s in sub if s.recovery_s is not None]
+        out.recovery_s = max(rec) if rec else None
+    return out
