@@ -1,4 +1,4 @@
-"""``[dag_processor] preload_modules``: operator-approved modules preloaded into the manager (patch 0005).
+"""``[dag_processor] preload_modules``: operator-approved modules preloaded into the manager (patch 0006).
 
 The real ``DagFileProcessorManager`` runs in the test process against the session's metadata database; its
 parse processes are real forks. The modules are plain files in a temp dir put on ``sys.path`` (inherited by the
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -54,11 +56,22 @@ with DAG("{dag_id}", schedule=None):
     EmptyOperator(task_id="t")
 """
 
+# name -> module source, written into the DAG bundle (the dags folder) itself: importable in parse processes,
+# which put the bundle's root on sys.path, but not in the manager. (No "dag" in it: not a DAG file.)
+BUNDLE_MODULES = {"pl_bundle_only": "VALUE = 3\n"}
+
 # pl_missing is listed and imported by a DAG but does not exist anywhere.
-DAG_MODULES = ["pl_ok", "pl_raises", "pl_sleeps", "pl_parent_fails", "pl_unlisted", "pl_missing"]
-LISTED = "pl_ok, pl_raises,pl_sleeps , pl_parent_fails, pl_missing,pl_listed_unused,, not a module, .relative, 1abc"
+DAG_MODULES = ["pl_ok", "pl_raises", "pl_sleeps", "pl_parent_fails", "pl_unlisted", "pl_missing", "pl_bundle_only"]
+LISTED = (
+    "pl_ok, pl_raises,pl_sleeps , pl_parent_fails, pl_missing,pl_listed_unused,, not a module, .relative, 1abc,"
+    "pl_bundle_only"
+)
 MALFORMED = ["not a module", ".relative", "1abc"]
-ALL_TEST_MODULES = [*MODULES, "pl_missing"]
+ALL_TEST_MODULES = [*MODULES, *BUNDLE_MODULES, "pl_missing"]
+
+PRELOADED = re.compile(
+    r"Preloaded module (\S+) into the DAG processor manager: \d+\.\d ms, \d+ modules, [+-]\d+\.\d MiB RSS"
+)
 
 
 class _Records:
@@ -93,17 +106,27 @@ class _Records:
         return [msg for lvl, msg in self.records if lvl >= level]
 
 
+def _empty(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def _run_manager_scenario(home: Path, tmp: Path, preload: str | None, dag_modules: list[str]) -> dict:
     """Run the manager over one DAG file per module in `dag_modules`, PARSE_RUNS times each."""
     dags = home / "dags"
-    for path in dags.iterdir():
-        path.unlink()
+    _empty(dags)
     lib = tmp / "lib"
     lib.mkdir()
     import_log = tmp / "imports.log"
     import_log.touch()
     for name, source in MODULES.items():
         (lib / f"{name}.py").write_text(RECORD.format(log=str(import_log)) + source)
+    for name, source in BUNDLE_MODULES.items():
+        if name in dag_modules:
+            (dags / f"{name}.py").write_text(RECORD.format(log=str(import_log)) + source)
     for name in dag_modules:
         (dags / f"dag_{name}.py").write_text(DAG_TEMPLATE.format(module=name, dag_id=f"dag_{name}"))
 
@@ -143,8 +166,7 @@ def _run_manager_scenario(home: Path, tmp: Path, preload: str | None, dag_module
             gc.unfreeze()
             for name in ALL_TEST_MODULES:
                 sys.modules.pop(name, None)
-            for path in dags.iterdir():
-                path.unlink()
+            _empty(dags)
 
     stats = {str(f.rel_path): stat for f, stat in manager._file_stats.items()}
     imports = []
@@ -189,7 +211,15 @@ def _child_imports(run, name):
 
 
 def _warnings_about(run, name):
-    return [w for w in run["warnings"] if name in w]
+    """Every warning that mentions module `name` (for asserting that there is none)."""
+    return [w for w in run["warnings"] if re.search(rf"\b{name}\b", w)]
+
+
+def _preload_failure(reason: str, name: str) -> str:
+    return (
+        f"Could not preload module {name} into the DAG processor manager (it imported fine in a parse process); "
+        f"not retrying until restart. Parsing goes on without it. Reason: {reason}"
+    )
 
 
 def test_option_is_documented_with_empty_default():
@@ -216,10 +246,10 @@ def test_listed_module_preloaded_only_after_a_successful_child_import(preload_ru
     assert all(i[2] == "client" for i in children_before)
     # later parse processes inherit it instead of importing it again
     assert len(_child_imports(run, "pl_ok")) == 1
-    # preloaded modules are frozen (patch 0004)
+    # preloaded modules are frozen (patch 0005)
     assert run["frozen_ok"] is True
     # logged with what it cost
-    assert [m for m in run["infos"] if "Preloaded module pl_ok" in m and " ms" in m]
+    assert [m.group(1) for m in map(PRELOADED.fullmatch, run["infos"]) if m] == ["pl_ok"]
     assert "pl_ok" in run["manager"]._preloaded_modules
 
 
@@ -238,7 +268,11 @@ def test_module_failing_or_hanging_in_child_never_imported_in_parent(preload_run
     # no preloading warning about it: the parse failure / timeout is reported the usual way
     assert not [w for w in _warnings_about(run, name) if "preload" in w.lower()]
     if name == "pl_sleeps":
-        killed = [w for w in run["warnings"] if "dag_pl_sleeps.py" in w and "killing it" in w]
+        killed = [
+            w
+            for w in run["warnings"]
+            if re.fullmatch(r"Processor for .*'dag_pl_sleeps\.py'.* with PID \d+ started \d+ ago killing it\.", w)
+        ]
         assert len(killed) == PARSE_RUNS, run["warnings"]  # one timeout per parse, as without the option
 
 
@@ -247,19 +281,19 @@ def test_module_failing_in_parent_logged_once_and_not_retried(preload_run):
     assert not run["in_parent"]["pl_parent_fails"]
     assert len(_parent_imports(run, "pl_parent_fails")) == 1  # tried once, not on every report
     assert len(_child_imports(run, "pl_parent_fails")) == PARSE_RUNS  # children report it every run
-    warnings = _warnings_about(run, "pl_parent_fails")
-    assert len(warnings) == 1, warnings
-    assert "pl_parent_fails only works in a parse process" in warnings[0]
+    assert _warnings_about(run, "pl_parent_fails") == [
+        _preload_failure("ImportError: pl_parent_fails only works in a parse process", "pl_parent_fails")
+    ]
     assert run["stats"]["dag_pl_parent_fails.py"].num_dags == 1  # parsing unaffected
 
 
 def test_malformed_entries_warned_once_at_start(preload_run):
     run = preload_run
-    warnings = [w for w in run["warnings"] if "malformed" in w]
-    assert len(warnings) == 1, run["warnings"]
-    for entry in MALFORMED:
-        assert repr(entry) in warnings[0]
-    assert "pl_ok" not in warnings[0]
+    expected = (
+        "Ignoring malformed entries in [dag_processor] preload_modules (expected comma-separated absolute "
+        "module names, e.g. 'numpy, pandas'): " + ", ".join(repr(entry) for entry in MALFORMED)
+    )
+    assert [w for w in run["warnings"] if w.startswith("Ignoring malformed entries")] == [expected]
 
 
 def test_unlisted_and_unused_modules_never_imported_in_parent(preload_run):
@@ -275,7 +309,8 @@ def test_option_absent_no_behaviour_change(no_preload_run):
     run = no_preload_run
     assert not any(run["in_parent"].values())
     assert all(pid != run["my_pid"] for _, pid, _ in run["imports"])
-    assert not [m for m in run["infos"] if "reload" in m]
+    assert not [m for m in run["infos"] if PRELOADED.fullmatch(m)]
+    assert not [m for m in run["infos"] if m.startswith("Modules approved for preloading")]
     # parsing as usual
     stats = run["stats"]
     assert all(stat.run_count == PARSE_RUNS for stat in stats.values())
@@ -283,3 +318,16 @@ def test_option_absent_no_behaviour_change(no_preload_run):
     assert stats["dag_pl_raises.py"].import_errors == 1
     # each parse process imports the module itself
     assert len([i for i in run["imports"] if i[0] == "pl_ok"]) == PARSE_RUNS
+
+
+def test_module_only_in_the_dag_bundle_is_not_preloaded(preload_run):
+    # Parse processes put the bundle root on sys.path, the manager does not: the manager cannot import it,
+    # says so once, and parse processes go on importing it themselves.
+    run = preload_run
+    assert len(_child_imports(run, "pl_bundle_only")) == PARSE_RUNS
+    assert not run["in_parent"]["pl_bundle_only"]
+    assert not _parent_imports(run, "pl_bundle_only")
+    assert _warnings_about(run, "pl_bundle_only") == [
+        _preload_failure("ModuleNotFoundError: No module named 'pl_bundle_only'", "pl_bundle_only")
+    ]
+    assert run["stats"]["dag_pl_bundle_only.py"].num_dags == 1

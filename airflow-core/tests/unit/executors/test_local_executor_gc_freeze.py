@@ -1,8 +1,10 @@
 """LocalExecutor forks its workers in batches under one gc.freeze() (patch 0001, upstream #58365).
 
 Real LocalExecutor, real forked (or spawned) worker processes, real queues. The function a worker runs for a
-task (`local_executor._execute_work`) is replaced before `start()`; forked workers inherit the replacement.
-Mocks only count gc.freeze/unfreeze and forks, or inject a fork that raises.
+task (`local_executor._execute_work`, which calls the task SDK's supervise()) is replaced before `start()` by
+one that forks a real task process and waits for it, as supervise() does, minus the API server; forked workers
+inherit the replacement. The spawn test runs the real `_execute_work`. Mocks only record gc.collect/freeze/
+unfreeze and forks in this process, or inject a fork that raises.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import textwrap
 import time
 import uuid
+import weakref
 
 import pytest
 from airflow.executors import local_executor, workloads
@@ -74,11 +77,16 @@ def run_until_events(executor: LocalExecutor, keys, timeout: float = 30.0) -> di
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Ordered record of gc.freeze / fork / gc.unfreeze in this (the executor's) process."""
+    """Ordered record of gc.collect / gc.freeze / fork / gc.unfreeze in this (the executor's) process."""
     log: list[str] = []
-    real_freeze, real_unfreeze = gc.freeze, gc.unfreeze
+    real_collect, real_freeze, real_unfreeze = gc.collect, gc.freeze, gc.unfreeze
     real_start = multiprocessing.process.BaseProcess.start
     parent = os.getpid()
+
+    def collect(*args, **kwargs):
+        if os.getpid() == parent:
+            log.append("collect")
+        return real_collect(*args, **kwargs)
 
     def freeze():
         log.append("freeze")
@@ -93,6 +101,7 @@ def calls(monkeypatch):
         if os.getpid() == parent:
             log.append("fork")
 
+    monkeypatch.setattr(gc, "collect", collect)
     monkeypatch.setattr(gc, "freeze", freeze)
     monkeypatch.setattr(gc, "unfreeze", unfreeze)
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start)
@@ -114,10 +123,20 @@ def executors():
                 pass
 
 
+def _fork_task_process(log, workload):
+    """What supervise() does with processes, without an API server: fork the task process, wait for it."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)  # the task: succeeds at once
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"task process exited with {status}")
+
+
 @pytest.fixture
 def quick_work(monkeypatch):
-    """Workers complete every task at once (successfully) instead of supervising a real task process."""
-    monkeypatch.setattr(local_executor, "_execute_work", lambda log, workload: None)
+    """Workers run every task in a real forked task process that succeeds at once (no API server needed)."""
+    monkeypatch.setattr(local_executor, "_execute_work", _fork_task_process)
 
 
 def alive_workers(executor: LocalExecutor) -> list[int]:
@@ -130,7 +149,7 @@ def test_start_forks_whole_pool_in_one_frozen_batch(parallelism, calls, executor
     executors.append(ex)
     ex.start()
     try:
-        assert calls == ["freeze", *["fork"] * parallelism, "unfreeze"]
+        assert calls == ["collect", "freeze", *["fork"] * parallelism, "unfreeze"]
         assert len(alive_workers(ex)) == parallelism
         assert gc.get_freeze_count() == 0, "the scheduler's GC must not stay frozen"
     finally:
@@ -153,6 +172,30 @@ def test_full_pool_runs_tasks_without_freezing_again(calls, executors, quick_wor
         assert set(ex.workers) == pool
     finally:
         ex.end()
+
+
+def test_garbage_is_collected_not_frozen_into_workers(executors, quick_work):
+    class Node:
+        pass
+
+    gc.disable()  # only explicit collections from here on
+    try:
+        node = Node()
+        node.cycle = node  # unreachable after `del`: reclaimable only by the cycle collector
+        ref = weakref.ref(node)
+        del node
+        assert ref() is not None
+        ex = LocalExecutor(parallelism=1)
+        executors.append(ex)
+        ex.start()
+        try:
+            # collected before the freeze: frozen, it would have lived on in every worker for its whole life
+            assert ref() is None
+            assert len(alive_workers(ex)) == 1
+        finally:
+            ex.end()
+    finally:
+        gc.enable()
 
 
 def test_parallelism_zero_is_rejected_as_in_3_1_3():
@@ -179,7 +222,7 @@ def test_fork_raising_mid_batch_unfreezes_and_executor_recovers(
     with pytest.raises(OSError, match="injected"):
         ex.start()
     try:
-        assert calls[0] == "freeze" and calls[-1] == "unfreeze"
+        assert calls[:2] == ["collect", "freeze"] and calls[-1] == "unfreeze"
         assert calls.count("freeze") == calls.count("unfreeze") == 1
         assert gc.get_freeze_count() == 0, "a fork that raised left the scheduler's GC frozen"
         assert len(alive_workers(ex)) == 1, "the worker forked before the failure is tracked"
@@ -191,20 +234,20 @@ def test_fork_raising_mid_batch_unfreezes_and_executor_recovers(
         ex.queue_workload(w, session=session)
         events = run_until_events(ex, [w.ti.key])
         assert events[w.ti.key][0] == TaskInstanceState.SUCCESS
-        assert calls == ["freeze", "fork", "fork", "unfreeze"]
+        assert calls == ["collect", "freeze", "fork", "fork", "unfreeze"]
         assert len(alive_workers(ex)) == 3
     finally:
         ex.end()
     assert gc.get_freeze_count() == 0
 
 
-def test_sigkilled_worker_is_replaced_in_one_frozen_batch_and_its_task_failed(
+def test_sigkilled_worker_is_replaced_in_one_frozen_batch(
     calls, executors, monkeypatch, tmp_path, session
 ):
     def blocking_work(log, workload):
         (tmp_path / f"{workload.ti.task_id}.pid").write_text(str(os.getpid()))
         if workload.ti.task_id == "task_0":
-            time.sleep(120)  # until SIGKILLed
+            time.sleep(120)  # in the worker itself, until SIGKILLed: this test is about the worker
 
     monkeypatch.setattr(local_executor, "_execute_work", blocking_work)
     ex = LocalExecutor(parallelism=2)
@@ -229,11 +272,10 @@ def test_sigkilled_worker_is_replaced_in_one_frozen_batch_and_its_task_failed(
 
         assert wait_for(lambda: victim not in ex.workers, timeout=15, step=step), "dead worker never reaped"
         # Replaced on that same check, all in one frozen batch.
-        assert calls == ["freeze", "fork", "unfreeze"]
+        assert calls == ["collect", "freeze", "fork", "unfreeze"]
         assert len(alive_workers(ex)) == 2 and victim not in alive_workers(ex)
         assert gc.get_freeze_count() == 0
-        # Its task is reported failed, not silently lost.
-        assert events.get(victim_task.ti.key, (None,))[0] == TaskInstanceState.FAILED
+        # (What happens to its task is the next patch's concern: test_local_executor_dead_worker.py.)
 
         # The executor keeps working with the replacement pool.
         after = make_workload(1)
@@ -277,7 +319,7 @@ def test_spawn_stays_lazy_and_never_freezes(spawn_start_method, calls, executors
         assert wait_for(lambda: w.ti.key in events, timeout=60, step=step, interval=0.2)
         assert events[w.ti.key][0] == TaskInstanceState.FAILED
         assert len(ex.workers) == 1
-        assert "freeze" not in calls and "unfreeze" not in calls
+        assert not {"collect", "freeze", "unfreeze"} & set(calls)
     finally:
         ex.end()
 

@@ -1,4 +1,4 @@
-"""A Job neither takes, loads nor caches executors; SchedulerJobRunner is handed them (patch 0003, #60766).
+"""A Job neither takes, loads nor caches executors; SchedulerJobRunner is handed them (patch 0004, #60766).
 
 - The dag-processor and the triggerer run their real JobRunner in a FRESH interpreter (this venv's python,
   this session's database, the environment passed through) and report which `airflow.executors.*` modules
@@ -6,10 +6,15 @@
   `airflow.executors.workloads` -- the pydantic schema of the RunTrigger messages the triggerer exchanges with
   its async runner, which its own message models reference at class-definition time. No loader, no executor
   class, no executor instance.
+- A real `airflow scheduler --num-runs 1` process (airflow's own CLI entry point, with spies recording what
+  the command builds and hands over) builds the configured executors once, hands them to its
+  SchedulerJobRunner, which starts them for its job; the Job itself loads none.
 - SchedulerJobRunner with explicit executors uses exactly those (a real one-loop scheduler run starts them
   and stamps them with the job id); without, it loads the configured ones itself, first = default.
-- The deprecated `Job.executor(s)` aliases delegate (with a FutureWarning) only to the SchedulerJobRunner
-  running that job and raise AttributeError everywhere else; `Job(executor=...)` raises TypeError.
+- The deprecated `Job.executor(s)` aliases (RemovedInAirflow4Warning, reported at the caller's line) read and
+  set the executors of the SchedulerJobRunner running that job; executors handed to a Job before it has a
+  runner (3.1.3's `Job(executor)`, positional or by keyword, `Job(executors=...)`, the setters) are used by
+  the runner created for it. Reading them raises AttributeError for any other job.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import textwrap
 import warnings
 
 import pytest
+from airflow.exceptions import RemovedInAirflow4Warning
 from airflow.executors.executor_loader import ExecutorLoader
 from airflow.executors.executor_utils import ExecutorName
 from airflow.executors.local_executor import LocalExecutor
@@ -93,6 +99,48 @@ print(json.dumps({
 """
 
 
+SCHEDULER_CLI_SCRIPT = """
+import atexit, json, os, sys, warnings
+from airflow.executors.executor_loader import ExecutorLoader
+from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+
+seen = {"init_executors": 0, "runners": []}
+real_init_executors = ExecutorLoader.init_executors.__func__
+real_runner_init = SchedulerJobRunner.__init__
+
+def init_executors(cls, *args, **kwargs):
+    seen["init_executors"] += 1
+    return real_init_executors(cls, *args, **kwargs)
+
+def runner_init(self, *args, **kwargs):
+    real_runner_init(self, *args, **kwargs)
+    seen["runners"].append((self, kwargs.get("executors")))
+
+ExecutorLoader.init_executors = classmethod(init_executors)
+SchedulerJobRunner.__init__ = runner_init
+
+@atexit.register
+def report():
+    (runner, handed), = seen["runners"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        alias = runner.job.executors
+    print(json.dumps({
+        "init_executors": seen["init_executors"],
+        "handed": [type(e).__name__ for e in handed] if handed is not None else None,
+        "same_objects": handed is not None and all(a is b for a, b in zip(handed, runner.executors)),
+        "started_for_job": [e.job_id == runner.job.id for e in runner.executors],
+        "job_state": str(runner.job.state),
+        "alias_is_runners": alias is runner.executors,
+        "alias_warning": [w.category.__name__ for w in caught],
+    }), flush=True)
+
+from airflow.__main__ import main
+sys.argv = ["airflow", "scheduler", "--num-runs", "1", "--skip-serve-logs"]
+main()
+"""
+
+
 def run_fresh(script: str, env_extra: dict | None = None, timeout: float = 240) -> dict:
     """Run `script` in a fresh interpreter of this venv against this session's DB; return its JSON line."""
     env = {**os.environ, **(env_extra or {})}
@@ -145,6 +193,19 @@ def no_configured_executors(monkeypatch):
         raise AssertionError("executors were loaded from the configuration although they were handed over")
 
     monkeypatch.setattr(ExecutorLoader, "init_executors", forbidden)
+
+
+def test_airflow_scheduler_command_hands_its_executors_to_the_runner(clear_db):
+    out = run_fresh(SCHEDULER_CLI_SCRIPT, {"AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False"}, timeout=300)
+    assert out == {
+        "init_executors": 1,  # by the command; neither the runner nor the Job loads them again
+        "handed": ["LocalExecutor"],
+        "same_objects": True,
+        "started_for_job": [True],
+        "job_state": "success",
+        "alias_is_runners": True,
+        "alias_warning": ["RemovedInAirflow4Warning"],
+    }
 
 
 class TestSchedulerJobRunnerExecutors:
@@ -212,12 +273,73 @@ class TestSchedulerJobRunnerExecutors:
             SchedulerJobRunner(job=Job(), num_runs=1, executors=[])
 
 
+def _deprecation(caught) -> list[tuple[str, str]]:
+    """(category, file) of each warning: deprecations must be Airflow's own and point at the caller."""
+    return [(w.category.__name__, os.path.basename(w.filename)) for w in caught]
+
+
+HERE = os.path.basename(__file__)
+
+
 class TestDeprecatedJobExecutorAttributes:
-    def test_job_takes_no_executor(self):
-        with pytest.raises(TypeError, match="SchedulerJobRunner"):
-            Job(executor=named_local_executor("x"))
-        with pytest.raises(TypeError, match="SchedulerJobRunner"):
-            Job(executors=[named_local_executor("x")])
+    def test_positional_executor_keeps_its_3_1_3_meaning(self, no_configured_executors):
+        executor = named_local_executor("handed")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            job = Job(executor, 7)  # 3.1.3's signature: Job(executor=None, heartrate=None, **kwargs)
+        assert job.heartrate == 7
+        assert _deprecation(caught) == [("RemovedInAirflow4Warning", HERE)]
+        assert str(caught[0].message) == (
+            "Job(executor=...) is deprecated (removed in Airflow 3.2): pass the executors to "
+            "SchedulerJobRunner(job, executors=[...]) instead."
+        )
+        runner = SchedulerJobRunner(job=job, num_runs=1)  # no executors=: the job's are used, none loaded
+        assert runner.executors == [executor]
+        assert runner.executor is executor
+
+    def test_executors_keyword_is_handed_to_the_runner(self, no_configured_executors):
+        first, second = named_local_executor("first"), named_local_executor("second")
+        with pytest.warns(RemovedInAirflow4Warning, match=r"Job\(executors=\.\.\.\) is deprecated"):
+            job = Job(executors=[first, second])
+        runner = SchedulerJobRunner(job=job, num_runs=1)
+        assert runner.executors == [first, second]
+        assert runner.executor is first
+
+    def test_explicit_runner_executors_win_over_the_jobs(self, no_configured_executors):
+        with pytest.warns(RemovedInAirflow4Warning):
+            job = Job(executor=named_local_executor("handed"))
+        explicit = named_local_executor("explicit")
+        runner = SchedulerJobRunner(job=job, num_runs=1, executors=[explicit])
+        assert runner.executors == [explicit]
+
+    def test_setters_before_the_runner_exists(self, no_configured_executors):
+        job = Job()
+        first, second, default = (named_local_executor(n) for n in ("first", "second", "default"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            job.executors = [first, second]
+            job.executor = default  # replaces the default (first) executor; the others are kept
+        assert _deprecation(caught) == [("RemovedInAirflow4Warning", HERE)] * 2
+        runner = SchedulerJobRunner(job=job, num_runs=1)
+        assert runner.executors == [default, second]
+        assert runner.executor is default
+
+    def test_setters_change_the_runners_executors(self, no_configured_executors):
+        first, replacement = named_local_executor("first"), named_local_executor("replacement")
+        job = Job()
+        runner = SchedulerJobRunner(job=job, num_runs=1, executors=[first])
+        with pytest.warns(RemovedInAirflow4Warning, match=r"Job\.executor is deprecated"):
+            job.executor = replacement
+        assert runner.executors == [replacement]
+        assert runner.executor is replacement
+        with pytest.warns(RemovedInAirflow4Warning, match=r"Job\.executors is deprecated"):
+            job.executors = [first]
+        assert runner.executors == [first] and runner.executor is first
+
+    def test_empty_executor_list_is_refused_by_the_setter(self):
+        job = Job()
+        with pytest.raises(ValueError, match="at least one executor"):
+            job.executors = []
 
     def test_job_without_runner_fails_loudly(self, no_configured_executors):
         job = Job()
@@ -238,10 +360,15 @@ class TestDeprecatedJobExecutorAttributes:
         first, second = named_local_executor("first"), named_local_executor("second")
         job = Job()
         runner = SchedulerJobRunner(job=job, num_runs=1, executors=[first, second])
-        with pytest.warns(FutureWarning, match=r"SchedulerJobRunner\.executors"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             assert job.executors is runner.executors
-        with pytest.warns(FutureWarning, match=r"SchedulerJobRunner\.executor\b"):
             assert job.executor is first
+        assert _deprecation(caught) == [("RemovedInAirflow4Warning", HERE)] * 2
+        assert [str(w.message) for w in caught] == [
+            "Job.executors is deprecated (removed in Airflow 3.2): use SchedulerJobRunner.executors instead.",
+            "Job.executor is deprecated (removed in Airflow 3.2): use SchedulerJobRunner.executor instead.",
+        ]
 
     def test_job_does_not_keep_the_runner_alive(self, no_configured_executors):
         import gc

@@ -1,4 +1,4 @@
-"""DagRun.get_running_dag_runs_to_examine must not load the runs' TaskInstances (patch 0002, PR #60956).
+"""DagRun.get_running_dag_runs_to_examine must not load the runs' TaskInstances (patch 0003, PR #60956).
 
 On 3.1.3 the query joinedloads ``DagRun.task_instances``, so every scheduler loop pulls every TI of up to
 ``max_dagruns_per_loop_to_schedule`` running runs into the session. These tests check, with SQLAlchemy's

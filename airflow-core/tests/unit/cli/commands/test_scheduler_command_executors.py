@@ -1,4 +1,4 @@
-"""`airflow scheduler` builds the configured executors and hands them to SchedulerJobRunner (patch 0003, #60766).
+"""`airflow scheduler` builds the configured executors and hands them to SchedulerJobRunner (patch 0004, #60766).
 
 The command function runs for real (one scheduler loop, the configured LocalExecutor started and ended);
 spies only record what the command built and what the runner was given. A real `airflow scheduler
