@@ -144,7 +144,7 @@ def _targets(results: dict, builds: list[common.Build], backends: list[str], arg
                 f"{'OK' if heap <= 0.3 and wall <= 0.5 else 'MISSED'}; same decision: {'yes' if same else 'NO'}"
             )
         s0, s1 = (_find(results, backend, b.label, "real_scheduler") for b in builds)
-        if s0 and s1:
+        if s0 and s1 and not (s0.get("error") or s1.get("error")):
             ratio = s1["peak_rss_mb"] / s0["peak_rss_mb"]
             lines.append(
                 f"{backend}: real scheduler peak RSS {s1['peak_rss_mb']:.0f} vs {s0['peak_rss_mb']:.0f} MB "
@@ -226,7 +226,10 @@ def run(args) -> int:
             common.print_table(full, headers, rows)
             common.write_markdown_table(md, full, headers, rows)
         s = [_find(results, backend, b.label, "real_scheduler") for b in builds]
-        if all(s):
+        for b, r in zip(builds, s):
+            if r and r.get("error"):
+                common.console.print(f"real scheduler, {backend} {b.label}: {r['error']}")
+        if all(s) and not any(r.get("error") for r in s):
             title = (
                 f"real `airflow scheduler`, {backend}: asset-triggered run of {s[0]['events']:,} events + "
                 f"running run of {s[0]['mapped']:,} mapped TIs"

@@ -613,7 +613,7 @@ def real_scheduler(home: str, events: int, mapped: int, timeout: float) -> dict:
     from airflow import settings
     from airflow.models.dagrun import DagRun
     from airflow.models.pool import Pool
-    from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunType
     from sqlalchemy import func, select, update
 
     session = settings.Session()
@@ -664,10 +664,14 @@ def real_scheduler(home: str, events: int, mapped: int, timeout: float) -> dict:
             if created_at is None:
                 s = settings.Session()
                 try:
+                    # any state: the scheduler moves the new run from queued to running within a loop
                     n = s.scalar(
                         select(func.count())
                         .select_from(DagRun)
-                        .where(DagRun.dag_id == f"asset_consumer_{events}", DagRun.state == DagRunState.QUEUED)
+                        .where(
+                            DagRun.dag_id == f"asset_consumer_{events}",
+                            DagRun.run_type == DagRunType.ASSET_TRIGGERED,
+                        )
                     )
                 finally:
                     s.close()
@@ -686,16 +690,18 @@ def real_scheduler(home: str, events: int, mapped: int, timeout: float) -> dict:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    if created_at is None:
-        raise RuntimeError(f"the real scheduler created no asset-triggered run in {timeout}s; see {log_path}")
-    return {
+    result = {
         "scenario": "real_scheduler",
         "events": events,
         "mapped": mapped,
         "peak_rss_mb": round(hwm or 0.0, 1),
         "sampled_rss_mb": round(sampled, 1),
-        "run_created_after_s": round(created_at - start, 1),
+        "run_created_after_s": None if created_at is None else round(created_at - start, 1),
     }
+    if created_at is None:
+        with open(log_path) as f:
+            result["error"] = f"no asset-triggered run in {timeout:.0f}s; scheduler log tail: {f.read()[-1500:]}"
+    return result
 
 
 def main(argv=None) -> int:
@@ -724,7 +730,10 @@ def main(argv=None) -> int:
         if dags:
             results += scenario_create_runs(runner, dags)
         if args.real_scheduler and events and mapped:
-            results.append(real_scheduler(home, max(events), max(mapped), args.scheduler_timeout))
+            try:
+                results.append(real_scheduler(home, max(events), max(mapped), args.scheduler_timeout))
+            except Exception as exc:  # keep the method measurements of this build
+                results.append({"scenario": "real_scheduler", "error": repr(exc)[-1500:]})
             _log(str(results[-1]))
     print(json.dumps({"airflow_version": version, "backend": args.backend, "results": results}), flush=True)
     return 0
