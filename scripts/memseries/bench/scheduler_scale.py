@@ -29,9 +29,17 @@ PAYLOAD = "scheduler_scale.py"
 BASE = "3.3.2"  # the base issue #16's patches are written for
 # (scenario, title, size label)
 SCENARIOS = (
-    ("asset_create", "asset-triggered run creation (_create_dag_runs_asset_triggered)", "events in the window"),
+    (
+        "asset_create",
+        "asset-triggered run creation (_create_dag_runs_asset_triggered)",
+        "events in the window",
+    ),
     ("executor_success", "process_executor_events, one SUCCESS event", "events the run consumed"),
-    ("executor_failure", "process_executor_events, one FAILED event with callback + e-mail", "events the run consumed"),
+    (
+        "executor_failure",
+        "process_executor_events, one FAILED event with callback + e-mail",
+        "events the run consumed",
+    ),
     ("decisions", "task_instance_scheduling_decisions, 99 % of mapped TIs finished", "mapped TIs"),
     ("create_runs", "_create_dag_runs", "due DAGs (5 tasks each)"),
 )
@@ -39,12 +47,18 @@ FLAT_LIMIT_MB = 2.0  # (a), (b): peak heap at the largest event count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres (both)")
+    parser.add_argument(
+        "--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres (both)"
+    )
     parser.add_argument("--events", default="1000,10000,50000", help="asset-triggered run creation: events")
     parser.add_argument("--consumed", default="10000,50000", help="executor events: events the run consumed")
-    parser.add_argument("--mapped", default="1000,10000", help="scheduling decisions: mapped TIs (99%% finished)")
+    parser.add_argument(
+        "--mapped", default="1000,10000", help="scheduling decisions: mapped TIs (99%% finished)"
+    )
     parser.add_argument("--dags", default="100,1000", help="_create_dag_runs: due DAGs")
-    parser.add_argument("--no-real-scheduler", action="store_true", help="skip the real `airflow scheduler` run")
+    parser.add_argument(
+        "--no-real-scheduler", action="store_true", help="skip the real `airflow scheduler` run"
+    )
     common.add_build_arguments(parser)
     parser.add_argument(
         "--pg-url",
@@ -61,7 +75,9 @@ def _builds(args) -> list[common.Build]:
     unpatched = [b for b in builds if not b.patched]
     patched = [b for b in builds if b.patched]
     if len(unpatched) != 1 or len(patched) != 1:
-        raise SeriesError("scheduler-scale compares the unpatched base with the patched build: use --builds base,patched")
+        raise SeriesError(
+            "scheduler-scale compares the unpatched base with the patched build: use --builds base,patched"
+        )
     return [unpatched[0], patched[0]]
 
 
@@ -77,7 +93,6 @@ def _loads(r: dict) -> str:
 
 
 def _rows(results: dict, builds: list[common.Build], backend: str, scenario: str, sizes: list[int]):
-    base, patched = builds[0].label, builds[1].label
     headers = ["size"]
     for b in builds:
         headers.append(f"{b.label}: peak MB / wall s / ORM rows loaded")
@@ -144,7 +159,7 @@ def _targets(results: dict, builds: list[common.Build], backends: list[str], arg
                 f"{'OK' if heap <= 0.3 and wall <= 0.5 else 'MISSED'}; same decision: {'yes' if same else 'NO'}"
             )
         s0, s1 = (_find(results, backend, b.label, "real_scheduler") for b in builds)
-        if s0 and s1:
+        if s0 and s1 and not (s0.get("error") or s1.get("error")):
             ratio = s1["peak_rss_mb"] / s0["peak_rss_mb"]
             lines.append(
                 f"{backend}: real scheduler peak RSS {s1['peak_rss_mb']:.0f} vs {s0['peak_rss_mb']:.0f} MB "
@@ -159,8 +174,9 @@ def _plot(results: dict, builds: list[common.Build], backends: list[str], out_di
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2 * len(backends), len(SCENARIOS), figsize=(4.2 * len(SCENARIOS), 6.5 * len(backends)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        2 * len(backends), len(SCENARIOS), figsize=(4.2 * len(SCENARIOS), 6.5 * len(backends)), squeeze=False
+    )
     for bi, backend in enumerate(backends):
         for si, (scenario, title, xlabel) in enumerate(SCENARIOS):
             ax_mem, ax_time = axes[2 * bi][si], axes[2 * bi + 1][si]
@@ -199,7 +215,16 @@ def run(args) -> int:
             raise SystemExit(f"unknown backend {b!r}: choose sqlite and/or postgres")
     out_dir = common.results_dir("scheduler-scale")
     results: dict[tuple[str, str], dict] = {}
-    payload_args = ["--events", args.events, "--consumed", args.consumed, "--mapped", args.mapped, "--dags", args.dags]
+    payload_args = [
+        "--events",
+        args.events,
+        "--consumed",
+        args.consumed,
+        "--mapped",
+        args.mapped,
+        "--dags",
+        args.dags,
+    ]
     if not args.no_real_scheduler:
         payload_args.append("--real-scheduler")
     with common.progress() as prog:
@@ -217,8 +242,14 @@ def run(args) -> int:
     md = out_dir / "scheduler-scale.md"
     for backend in backends:
         for scenario, title, _ in SCENARIOS:
-            sizes = sorted({r["size"] for b in builds for r in results[(backend, b.label)]["results"]
-                            if r["scenario"] == scenario})
+            sizes = sorted(
+                {
+                    r["size"]
+                    for b in builds
+                    for r in results[(backend, b.label)]["results"]
+                    if r["scenario"] == scenario
+                }
+            )
             if not sizes:
                 continue
             headers, rows = _rows(results, builds, backend, scenario, sizes)
@@ -226,14 +257,22 @@ def run(args) -> int:
             common.print_table(full, headers, rows)
             common.write_markdown_table(md, full, headers, rows)
         s = [_find(results, backend, b.label, "real_scheduler") for b in builds]
-        if all(s):
+        for b, r in zip(builds, s):
+            if r and r.get("error"):
+                common.console.print(f"real scheduler, {backend} {b.label}: {r['error']}")
+        if all(s) and not any(r.get("error") for r in s):
             title = (
                 f"real `airflow scheduler`, {backend}: asset-triggered run of {s[0]['events']:,} events + "
                 f"running run of {s[0]['mapped']:,} mapped TIs"
             )
             headers = ["build", "peak RSS MB (VmHWM)", "largest sampled RSS MB", "run created after s"]
             rows = [
-                [b.label, f"{r['peak_rss_mb']:.0f}", f"{r['sampled_rss_mb']:.0f}", f"{r['run_created_after_s']:.1f}"]
+                [
+                    b.label,
+                    f"{r['peak_rss_mb']:.0f}",
+                    f"{r['sampled_rss_mb']:.0f}",
+                    f"{r['run_created_after_s']:.1f}",
+                ]
                 for b, r in zip(builds, s)
             ]
             rows.append(["patched/base", common.ratio(s[1]["peak_rss_mb"], s[0]["peak_rss_mb"]), "", ""])

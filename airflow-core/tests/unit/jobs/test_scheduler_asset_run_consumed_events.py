@@ -39,7 +39,7 @@ from sqlalchemy import event, insert, select, update
 pytestmark = pytest.mark.usefixtures("clear_db")
 
 BUNDLE = "memseries-asset-runs"
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # the previous asset-triggered run's run_after
 T_REF = datetime.datetime(2026, 2, 1, 0, 0, tzinfo=UTC)  # when the DAG started scheduling on its asset
 T_TRIGGER = T0 + datetime.timedelta(hours=2)  # the queued asset's created_at: the new run's run_after
@@ -75,7 +75,9 @@ def _write_dag(session, dag_id: str, schedule, *, catchup: bool = False) -> None
     assert not errors, errors
     session.execute(update(DagModel).where(DagModel.dag_id == dag_id).values(is_paused=False))
     session.execute(
-        update(DagScheduleAssetReference).where(DagScheduleAssetReference.dag_id == dag_id).values(created_at=T_REF)
+        update(DagScheduleAssetReference)
+        .where(DagScheduleAssetReference.dag_id == dag_id)
+        .values(created_at=T_REF)
     )
     session.commit()
 
@@ -93,7 +95,8 @@ def _asset_id(session, uri: str) -> int:
 def _add_events(session, asset_id: int, timestamps, *, extra=None) -> list[int]:
     """Bulk INSERT of asset events (one statement), returning their ids in timestamp order."""
     rows = [
-        {"asset_id": asset_id, "extra": extra or {}, "timestamp": ts, "source_map_index": -1} for ts in timestamps
+        {"asset_id": asset_id, "extra": extra or {}, "timestamp": ts, "source_map_index": -1}
+        for ts in timestamps
     ]
     session.execute(insert(AssetEvent), rows)
     session.flush()
@@ -141,7 +144,9 @@ def _db_state(session, dag_id: str) -> dict:
     ).all()
     links = {
         run_id: sorted(
-            session.scalars(select(association_table.c.event_id).where(association_table.c.dag_run_id == run_id))
+            session.scalars(
+                select(association_table.c.event_id).where(association_table.c.dag_run_id == run_id)
+            )
         )
         for run_id, *_ in runs
     }
@@ -342,7 +347,9 @@ def test_partitioned_run_links_its_logged_events(session, runner):
     )
     links = {
         key: sorted(
-            session.scalars(select(association_table.c.event_id).where(association_table.c.dag_run_id == run_id))
+            session.scalars(
+                select(association_table.c.event_id).where(association_table.c.dag_run_id == run_id)
+            )
         )
         for key, run_id in runs.items()
         if run_id is not None

@@ -39,7 +39,7 @@ pytestmark = [
 ]
 
 BUNDLE = "memseries-executor-events"
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 T0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 JOB_ID = 4242
 
@@ -64,7 +64,9 @@ def _write_dag(session, dag_id: str) -> None:
     if session.get(DagBundleModel, BUNDLE) is None:
         session.add(DagBundleModel(name=BUNDLE))
         session.flush()
-    with DAG(dag_id, schedule=[Asset("memseries://events")], start_date=T0 - datetime.timedelta(days=30)) as dag:
+    with DAG(
+        dag_id, schedule=[Asset("memseries://events")], start_date=T0 - datetime.timedelta(days=30)
+    ) as dag:
         EmptyOperator(task_id="plain")
         EmptyOperator(
             task_id="watched",

@@ -29,7 +29,7 @@ from sqlalchemy import event, select, update
 pytestmark = pytest.mark.usefixtures("clear_db")
 
 BUNDLE = "memseries-decisions"
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 FROZEN_NOW = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RUN_ID = "manual__decisions"
 
@@ -226,7 +226,9 @@ def test_finished_ti_of_removed_task_is_marked_removed(session, frozen):
     from uuid6 import uuid7
 
     row = dict(
-        session.execute(select(TI.__table__).where(TI.dag_id == dag_id, TI.task_id == "start")).mappings().one()
+        session.execute(select(TI.__table__).where(TI.dag_id == dag_id, TI.task_id == "start"))
+        .mappings()
+        .one()
     )
     row.update(id=uuid7(), task_id="gone")
     session.execute(TI.__table__.insert().values(**row))
