@@ -127,17 +127,26 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _family_uss(manager_pid: int) -> dict:
-    """USS of the manager and of its zygote(s) (processes titled '... parse zygote')."""
+    """
+    USS and PSS of the manager and of its zygote(s) (processes titled '... parse zygote'), and the PSS of the
+    whole family (manager, zygotes, running parse processes): the family's real RAM. USS alone misleads in a
+    forking family: a page shared with a live child is in nobody's USS.
+    """
     import psutil
 
-    out = {"manager_uss": None, "zygote_uss": 0, "zygotes": 0}
+    out = {"manager_uss": None, "manager_pss": None, "zygote_uss": 0, "zygote_pss": 0, "zygotes": 0, "family_pss": 0}
     try:
         manager = psutil.Process(manager_pid)
-        out["manager_uss"] = manager.memory_full_info().uss
-        for child in manager.children(recursive=False):
+        mem = manager.memory_full_info()
+        out["manager_uss"], out["manager_pss"] = mem.uss, mem.pss
+        out["family_pss"] = mem.pss
+        for child in manager.children(recursive=True):
             try:
-                if "parse zygote" in " ".join(child.cmdline()):
-                    out["zygote_uss"] += child.memory_full_info().uss
+                cmem = child.memory_full_info()
+                out["family_pss"] += cmem.pss
+                if child.ppid() == manager_pid and "parse zygote" in " ".join(child.cmdline()):
+                    out["zygote_uss"] += cmem.uss
+                    out["zygote_pss"] += cmem.pss
                     out["zygotes"] += 1
             except psutil.Error:
                 continue
@@ -260,7 +269,9 @@ def main() -> int:
 
         result: dict = {"airflow_version": airflow.__version__, "pyc": bool(args.pyc), "compile_s": compile_s}
         if args.mode == "serialized":
-            result["serialized"] = _serialized(env)
+            # fileloc and the processor's DAGs folder name this run's temp AIRFLOW_HOME: the same in every build
+            text = json.dumps(_serialized(env), default=str).replace(str(home), "<AIRFLOW_HOME>")
+            result["serialized"] = json.loads(text)
             print(json.dumps(result, default=str))
             return 0
         parses = sorted(
