@@ -186,7 +186,14 @@ def main() -> int:
     args = parser.parse_args()
 
     compile_s = _compile_pyc(args.pyc) if args.pyc else 0.0
-    home = Path(tempfile.mkdtemp(prefix="memseries-bench-dagproc-zygote-"))
+    if args.mode == "serialized":
+        # The same path in every build's run: a DAG module's name is derived from its file's path
+        # (`unusual_prefix_<sha1 of the path>_...`) and ends up in the serialized tasks.
+        home = Path(tempfile.gettempdir()) / "memseries-bench-dagproc-serialized"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir()
+    else:
+        home = Path(tempfile.mkdtemp(prefix="memseries-bench-dagproc-zygote-"))
     try:
         dags = home / "dags"
         dags.mkdir()
@@ -222,6 +229,10 @@ def main() -> int:
             env.pop(key, None)
         if args.pyc:
             env["PYTHONPYCACHEPREFIX"] = str(args.pyc)
+        if args.mode == "serialized":
+            # Some operators build template_fields from a set: its order follows the per-interpreter string
+            # hash seed, which differs between any two dag-processor runs, patched or not. Fix it for both.
+            env["PYTHONHASHSEED"] = "0"
         migrate = subprocess.run(
             [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True, check=False
         )
@@ -269,9 +280,7 @@ def main() -> int:
 
         result: dict = {"airflow_version": airflow.__version__, "pyc": bool(args.pyc), "compile_s": compile_s}
         if args.mode == "serialized":
-            # fileloc and the processor's DAGs folder name this run's temp AIRFLOW_HOME: the same in every build
-            text = json.dumps(_serialized(env), default=str).replace(str(home), "<AIRFLOW_HOME>")
-            result["serialized"] = json.loads(text)
+            result["serialized"] = _serialized(env)
             print(json.dumps(result, default=str))
             return 0
         parses = sorted(
