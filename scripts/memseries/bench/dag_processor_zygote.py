@@ -228,8 +228,9 @@ def _plot(path: Path, builds, agg, dag_counts, pyc_modes) -> None:
         ("set-up: fork -> DAG file's first line (ms, median)", lambda s: s["setup_median"] * 1000),
         ("files parsed per second", lambda s: s["rate"]),
         ("manager + zygote USS (MiB)", lambda s: (s["manager_uss"] + s["zygote_uss"]) / 2**20),
+        ("all dag-processor processes, PSS (MiB)", lambda s: s["family_pss"] / 2**20),
     ]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(20, 4.8))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(24, 4.8))
     width = 0.38
     for ax, (title, fn) in zip(axes, metrics):
         for i, build in enumerate(builds):
