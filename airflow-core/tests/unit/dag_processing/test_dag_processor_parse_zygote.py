@@ -200,6 +200,25 @@ def test_killed_zygote_is_recreated_and_parsing_goes_on(dags_folder, tmp_path, m
     assert all(stat.num_dags == 1 and stat.run_count == 3 for stat in manager._file_stats.values())
 
 
+def test_zygote_over_its_memory_bound_is_replaced(dags_folder, tmp_path):
+    """A zygote whose USS exceeds ``zygote_max_uss`` is replaced; parsing goes on from the fresh one."""
+    out = tmp_path / "probe.jsonl"
+    _write_probes(dags_folder, out, 2)
+    manager = _manager(3, dags_folder)
+    manager.zygote_max_uss = 1  # every zygote is "too big" ...
+    manager.zygote_check_interval = 0  # ... at every check
+    manager.run()
+
+    records = _records(out)
+    assert len(records) == 6
+    assert {r["parent_cmdline"] for r in records} == {ZYGOTE_TITLE}
+    # each fork after the first found the zygote too big and started a fresh one
+    assert manager.zygote_starts == 6
+    assert len({r["ppid"] for r in records}) == 6
+    assert all(stat.num_dags == 1 and stat.run_count == 3 for stat in manager._file_stats.values())
+    assert not any(psutil_alive(r["ppid"]) for r in records)  # retired zygotes exited
+
+
 def test_callbacks_run_in_parse_processes_from_the_zygote(dags_folder, tmp_path):
     from airflow.callbacks.callback_requests import DagCallbackRequest
 

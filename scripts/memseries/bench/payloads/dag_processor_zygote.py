@@ -127,17 +127,26 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _family_uss(manager_pid: int) -> dict:
-    """USS of the manager and of its zygote(s) (processes titled '... parse zygote')."""
+    """
+    USS and PSS of the manager and of its zygote(s) (processes titled '... parse zygote'), and the PSS of the
+    whole family (manager, zygotes, running parse processes): the family's real RAM. USS alone misleads in a
+    forking family: a page shared with a live child is in nobody's USS.
+    """
     import psutil
 
-    out = {"manager_uss": None, "zygote_uss": 0, "zygotes": 0}
+    out = {"manager_uss": None, "manager_pss": None, "zygote_uss": 0, "zygote_pss": 0, "zygotes": 0, "family_pss": 0}
     try:
         manager = psutil.Process(manager_pid)
-        out["manager_uss"] = manager.memory_full_info().uss
-        for child in manager.children(recursive=False):
+        mem = manager.memory_full_info()
+        out["manager_uss"], out["manager_pss"] = mem.uss, mem.pss
+        out["family_pss"] = mem.pss
+        for child in manager.children(recursive=True):
             try:
-                if "parse zygote" in " ".join(child.cmdline()):
-                    out["zygote_uss"] += child.memory_full_info().uss
+                cmem = child.memory_full_info()
+                out["family_pss"] += cmem.pss
+                if child.ppid() == manager_pid and "parse zygote" in " ".join(child.cmdline()):
+                    out["zygote_uss"] += cmem.uss
+                    out["zygote_pss"] += cmem.pss
                     out["zygotes"] += 1
             except psutil.Error:
                 continue
@@ -177,7 +186,14 @@ def main() -> int:
     args = parser.parse_args()
 
     compile_s = _compile_pyc(args.pyc) if args.pyc else 0.0
-    home = Path(tempfile.mkdtemp(prefix="memseries-bench-dagproc-zygote-"))
+    if args.mode == "serialized":
+        # The same path in every build's run: a DAG module's name is derived from its file's path
+        # (`unusual_prefix_<sha1 of the path>_...`) and ends up in the serialized tasks.
+        home = Path(tempfile.gettempdir()) / "memseries-bench-dagproc-serialized"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir()
+    else:
+        home = Path(tempfile.mkdtemp(prefix="memseries-bench-dagproc-zygote-"))
     try:
         dags = home / "dags"
         dags.mkdir()
@@ -213,6 +229,10 @@ def main() -> int:
             env.pop(key, None)
         if args.pyc:
             env["PYTHONPYCACHEPREFIX"] = str(args.pyc)
+        if args.mode == "serialized":
+            # Some operators build template_fields from a set: its order follows the per-interpreter string
+            # hash seed, which differs between any two dag-processor runs, patched or not. Fix it for both.
+            env["PYTHONHASHSEED"] = "0"
         migrate = subprocess.run(
             [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True, check=False
         )
