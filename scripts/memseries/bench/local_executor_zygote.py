@@ -3,7 +3,7 @@
 Each configuration (start method x parallelism x .pyc or not) runs the real stack (api-server, dag-processor,
 scheduler with LocalExecutor) on each build, one after the other, over the example DAGs (a steady backlog of
 small PythonOperator/Bash tasks through the real task SDK supervisor and the execution API) plus one long task
-(`memseries_lexec_busy`). Workers are aged (a full gc.collect() every --age seconds, from the harness's
+(`memseries_lexec_busy`, top priority, no retries). Workers are aged (a full gc.collect() every --age seconds, from the harness's
 sitecustomize). Once the long task runs, the worker running it is SIGKILLed; the worker that replaces it runs
 tasks until the end. Measured over the last --measure seconds:
 
@@ -49,8 +49,8 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG
 
 with DAG(dag_id="memseries_lexec_busy", schedule="@once", start_date=datetime(2026, 1, 1), catchup=False,
-         default_args={"retries": 1, "retry_delay": timedelta(seconds=2)}):
-    PythonOperator(task_id="long", python_callable=lambda: time.sleep({seconds}))
+         default_args={"retries": 0}):
+    PythonOperator(task_id="long", python_callable=lambda: time.sleep({seconds}), priority_weight=1000)
 '''
 TREE_ROLES = ("scheduler", "zygote", "worker", "task", "scheduler-child")
 
@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=45.0, help="seconds before measuring (45)")
     parser.add_argument("--measure", type=float, default=75.0, help="seconds measured (75)")
     parser.add_argument("--age", type=float, default=15.0, help="forced full collection every N s (15)")
-    parser.add_argument("--interval", type=float, default=3.0, help="sampling interval (3)")
+    parser.add_argument("--interval", type=float, default=2.0, help="sampling interval (2)")
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--from-raw", type=Path, help="re-render a previous run's raw.json")
 
@@ -178,8 +178,17 @@ def run_one(build: common.Build, method: str, parallelism: int, pyc: bool, args,
     late = [s for s in samples if s.t >= samples[-1].t - max(args.interval * 3, 10)] if samples else []
 
     def mean_uss(pids, ss) -> float | None:
-        vals = [s.uss for s in ss if s.pid in pids and s.children == 0]
-        return statistics.mean(vals) if vals else None
+        """Mean over the workers of each one's USS: the mean of its samples without a live task process (a
+        worker's USS drops while its task process shares its pages), else the largest sample."""
+        per = []
+        for pid in pids:
+            mine = [s for s in ss if s.pid == pid]
+            free = [s.uss for s in mine if s.children == 0]
+            if free:
+                per.append(statistics.mean(free))
+            elif mine:
+                per.append(max(s.uss for s in mine))
+        return statistics.mean(per) if per else None
 
     steady_pids = original - {killed.get("pid")}
     all_workers = {s.pid for s in window if s.role == "worker"}
