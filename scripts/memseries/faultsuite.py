@@ -440,20 +440,26 @@ def busy_worker_kill(st: Stack, build: str) -> Outcome:
 
 
 def idle_worker_kill(st: Stack, build: str) -> Outcome:
-    """2. SIGKILL each idle worker in turn (the one blocked reading the queue, i.e. holding its read lock, last);
-    after each kill a small run must go through the pool."""
+    """2. SIGKILL the idle workers one at a time; after each kill a small run must go through the pool.
+
+    Unpatched LocalExecutor's idle workers all read one shared queue: the one blocked reading the pipe holds the
+    queue's read lock (kernel wait channel pipe_read), the others wait for that lock (a futex). Each round kills a
+    waiter, the last round kills the lock holder, so both kinds are among the victims."""
     out = Outcome("2 idle worker SIGKILL", build)
     before = deadlock_lines(st)
-    wait_quiet(st)
-    st.wait_for(lambda: len(idle_workers(st)) >= PARALLELISM, 3 * ROUND_TRIP, "idle LocalExecutor workers", poll=1)
-    time.sleep(2)  # let every idle worker block in the queue's get()
-    victims = idle_workers(st)
-    # the holder of the read lock sleeps in the pipe read, the others wait on the lock (a futex): holder last
-    victims.sort(key=lambda w: "pipe" in wchan(w.pid))
-    out.notes.append("idle workers (pid wchan): " + ", ".join(f"{w.pid} {wchan(w.pid) or '?'}" for w in victims))
     run_ids = []
     t_first = None
-    for w in victims:
+    for rnd in range(PARALLELISM):
+        wait_quiet(st)
+        st.wait_for(lambda: len(idle_workers(st)) >= PARALLELISM, 3 * ROUND_TRIP, "idle LocalExecutor workers",
+                    poll=1)
+        time.sleep(2)  # let every idle worker block in the queue's get()
+        idle = idle_workers(st)
+        holders = [w for w in idle if "pipe" in wchan(w.pid)]
+        others = [w for w in idle if w not in holders]
+        w = (holders or others)[0] if rnd == PARALLELISM - 1 else (others or holders)[0]
+        out.notes.append(f"round {rnd + 1}: idle workers " + ", ".join(f"{x.pid} ({wchan(x.pid) or '?'})" for x in idle)
+                         + f"; SIGKILL {w.pid}")
         with contextlib.suppress(ProcessLookupError):
             os.kill(w.pid, signal.SIGKILL)
         fault_at = time.monotonic()
