@@ -137,3 +137,20 @@ def test_miscounted_hunk_is_refused(fake_repo):
         r"is malformed \(git apply: corrupt patch at line \d+\)",
         proc.stderr.strip(),
     ), proc.stderr
+
+
+def test_newsfragment_names_towncrier_accepts(fake_repo):
+    patch = fake_repo.make_patch("0001-doc.patch", replace_line(DOCSTRING, DOCSTRING + "    (patched)\n"))
+    frags = fake_repo.root / "newsfragments"
+    for name, ok in (("+no-upstream-issue.bugfix.rst", True), ("1.misc.2.rst", True), ("one.misc.rst", False),
+                     ("1.cleanup.rst", False)):
+        (frags / name).write_text("A change.\n")
+        patch.write_text(re.sub(r"^Newsfragment: .*$", f"Newsfragment: newsfragments/{name}", patch.read_text(),
+                                flags=re.M))
+        proc = fake_repo.memseries("check")
+        assert (proc.returncode == 0) == ok, (name, proc.stderr)
+        if not ok:
+            assert proc.stderr.strip() == (
+                f"FAIL 3.1.3: 0001-doc.patch: newsfragment newsfragments/{name} is not "
+                "newsfragments/<number>.<type>[.<counter>].rst or +<slug>.<type>.rst"
+            )

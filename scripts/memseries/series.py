@@ -61,11 +61,14 @@ def metadata_problems(patch: Patch, s: Series) -> list[str]:
     if forwarded and forwarded not in FORWARDED_VALUES:
         problems.append(f"{patch.name}: Forwarded must be one of {sorted(FORWARDED_VALUES)}, not {forwarded!r}")
     fragment = newsfragment(patch)
-    pattern = re.compile(rf"^{re.escape(dist.newsfragments)}(\d+)\.({FRAGMENT_TYPES})\.rst$")
+    # towncrier's names: <number>.<type>.rst, <number>.<type>.<counter>.rst (a second fragment of one number and
+    # type), and the orphan +<slug>.<type>.rst for a change with no upstream issue or PR to number it
+    pattern = re.compile(rf"^{re.escape(dist.newsfragments)}(\d+|\+[a-z0-9][a-z0-9-]*)\.({FRAGMENT_TYPES})(\.\d+)?\.rst$")
+    form = f"{dist.newsfragments}<number>.<type>[.<counter>].rst or +<slug>.<type>.rst"
     if not fragment:
-        problems.append(f"{patch.name}: missing trailer Newsfragment: ({dist.newsfragments}<number>.<type>.rst)")
+        problems.append(f"{patch.name}: missing trailer Newsfragment: ({form})")
     elif not pattern.match(fragment):
-        problems.append(f"{patch.name}: newsfragment {fragment} is not {dist.newsfragments}<number>.<type>.rst")
+        problems.append(f"{patch.name}: newsfragment {fragment} is not {form}")
     elif not (paths.REPO / fragment).is_file():
         problems.append(f"{patch.name}: newsfragment {fragment} does not exist")
     tests = test_modules(patch)

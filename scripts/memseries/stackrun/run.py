@@ -38,31 +38,22 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def _ensure(base, patched: bool, log) -> Path:
+def resolve_builds(args, log) -> list[DemoBuild]:
+    """Unpatched base, patched base, and with --upstream the upstream reference (3.3.2) when it is not the base.
+
+    The base is resolved once here; --unpatched-venv/--patched-venv/--upstream-venv replace a built venv."""
+    from memseries.bases import UPSTREAM, get_base
     from memseries.venv import ensure_venv
 
-    return Path(ensure_venv(base, patched=patched))
-
-
-def resolve_builds(args, log) -> list[DemoBuild]:
-    """Unpatched base, patched base, and with --upstream the upstream reference (3.3.2) when it is not the base."""
-    from memseries.bases import UPSTREAM
-
-    base = getattr(args, "base", None) or DEFAULT_BASE
+    base = get_base(getattr(args, "base", None) or DEFAULT_BASE)
+    wanted = [(base, base.version, False, "unpatched_venv"), (base, f"{base.version}+memfix", True, "patched_venv")]
+    if getattr(args, "upstream", False) and base.version != UPSTREAM:
+        wanted.append((get_base(UPSTREAM), UPSTREAM, False, "upstream_venv"))
     builds = []
-    if getattr(args, "unpatched_venv", None):
-        builds.append(DemoBuild(base, Path(args.unpatched_venv), False))
-    else:
-        builds.append(DemoBuild(base, _ensure(base, False, log), False))
-    if getattr(args, "patched_venv", None):
-        builds.append(DemoBuild(f"{base}+memfix", Path(args.patched_venv), True))
-    else:
-        builds.append(DemoBuild(f"{base}+memfix", _ensure(base, True, log), True))
-    if getattr(args, "upstream", False) and base != UPSTREAM:
-        if getattr(args, "upstream_venv", None):
-            builds.append(DemoBuild(UPSTREAM, Path(args.upstream_venv), False))
-        else:
-            builds.append(DemoBuild(UPSTREAM, _ensure(UPSTREAM, False, log), False))
+    for b, label, patched, override in wanted:
+        venv = getattr(args, override, None)
+        builds.append(DemoBuild(label, Path(venv) if venv else ensure_venv(b, patched=patched), patched))
+        log(f"{label}: {builds[-1].venv}")
     return builds
 
 @dataclasses.dataclass
