@@ -84,6 +84,12 @@ def test_3_sigkill_scheduler_then_restart(fstack):
     _check(fstack, fs.scheduler_kill_restart(fstack, "under test"))
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="unpatched 3.3.2's dag-processor sometimes exits (1) when the restart catches it mid-connect "
+    "(OperationalError: the database system is shutting down); seen under load, 2026-11-30. The harness "
+    "restarts what died so the later scenarios still run",
+)
 def test_4_postgres_restart(fstack, pg_cluster):
     _check(fstack, fs.postgres_restart(fstack, "under test", pg_cluster))
 
