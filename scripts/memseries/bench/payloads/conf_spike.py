@@ -40,7 +40,8 @@ import tempfile
 import textwrap
 import time
 import tracemalloc
-import uuid
+
+from _plumbing import airflow_home
 
 MB = 1024 * 1024
 DAG_ID = "memseries_mapped_conf"
@@ -120,57 +121,15 @@ def big_conf(kib: int) -> dict:
     return {"pick": "needle", "records": [{"id": i, "text": "x" * 1000} for i in range(kib)]}
 
 
-@contextlib.contextmanager
 def _metadata_db(backend: str, pg_url: str, extra_env: dict | None = None):
-    home = tempfile.mkdtemp(prefix="memseries-conf-spike-")
-    os.makedirs(os.path.join(home, "dags"))
-    pg_db = None
-    if backend == "postgres":
-        import psycopg2
-
-        pg_db = f"memseries_conf_spike_{uuid.uuid4().hex[:12]}"
-        conn = psycopg2.connect(f"{pg_url}/postgres")
-        conn.autocommit = True
-        conn.cursor().execute(f'CREATE DATABASE "{pg_db}"')
-        conn.close()
-        sql_conn = f"{pg_url.replace('postgresql://', 'postgresql+psycopg2://', 1)}/{pg_db}"
-    else:
-        sql_conn = f"sqlite:///{os.path.join(home, 'airflow.db')}"
-    os.environ.update(
-        {
-            "AIRFLOW_HOME": home,
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(home, "dags"),
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_conn,
-            "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-            "AIRFLOW__API_AUTH__JWT_SECRET": "memseries-conf-spike",
-            "AIRFLOW__API__SECRET_KEY": "memseries-conf-spike",
-            **(extra_env or {}),
-        }
-    )
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True, env=os.environ
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"airflow db migrate failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        yield home
-    finally:
-        with contextlib.suppress(Exception):
-            from airflow import settings
-
-            if settings.engine is not None:
-                settings.engine.dispose()
-        if pg_db:
-            import psycopg2
-
-            conn = psycopg2.connect(f"{pg_url}/postgres")
-            conn.autocommit = True
-            conn.cursor().execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
-            conn.close()
-        shutil.rmtree(home, ignore_errors=True)
+    """A fresh AIRFLOW_HOME + migrated metadata DB (`_plumbing.airflow_home`) with the api secrets the stack needs."""
+    env = {
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "memseries-conf-spike",
+        "AIRFLOW__API__SECRET_KEY": "memseries-conf-spike",
+        **(extra_env or {}),
+    }
+    return airflow_home("memseries-conf-spike-", backend, pg_url, env=env)
 
 
 # ---------------------------------------------------------------------------------------------------- heap part

@@ -30,14 +30,13 @@ import gc
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
-import uuid
+
+from _plumbing import airflow_home
 
 BUNDLE = "memseries-bench"
 MB = 1024 * 1024
@@ -70,62 +69,13 @@ def _log(msg: str) -> None:
     print(f"[scheduler_scale] {msg}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
 def _metadata_db(backend: str, pg_url: str):
-    home = tempfile.mkdtemp(prefix="memseries-bench-scale-")
-    os.makedirs(os.path.join(home, "dags"))
-    pg_db = None
-    if backend == "postgres":
-        import psycopg2
-
-        pg_db = f"memseries_bench_{uuid.uuid4().hex[:12]}"
-        conn = psycopg2.connect(f"{pg_url}/postgres")
-        conn.autocommit = True
-        conn.cursor().execute(f'CREATE DATABASE "{pg_db}"')
-        conn.close()
-        sql_conn = f"{pg_url.replace('postgresql://', 'postgresql+psycopg2://', 1)}/{pg_db}"
-    else:
-        sql_conn = f"sqlite:///{os.path.join(home, 'airflow.db')}"
-    os.environ.update(
-        {
-            "AIRFLOW_HOME": home,
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(home, "dags"),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "2",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_conn,
-            "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-            "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "0",
-        }
-    )
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
-            capture_output=True,
-            text=True,
-            env=os.environ,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"airflow db migrate failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        yield home
-    finally:
-        try:
-            from airflow import settings
-
-            if settings.engine is not None:
-                settings.engine.dispose()
-        except Exception:  # noqa: BLE001, S110 - best effort before dropping the database
-            pass
-        if pg_db:
-            import psycopg2
-
-            conn = psycopg2.connect(f"{pg_url}/postgres")
-            conn.autocommit = True
-            conn.cursor().execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
-            conn.close()
-        shutil.rmtree(home, ignore_errors=True)
+    """A fresh AIRFLOW_HOME + migrated metadata DB (`_plumbing.airflow_home`), set up for these scenarios."""
+    env = {
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "0",
+    }
+    return airflow_home("memseries-bench-scale-", backend, pg_url, env=env)
 
 
 # --- DAGs -------------------------------------------------------------------------------------------------
