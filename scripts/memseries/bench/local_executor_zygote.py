@@ -11,7 +11,11 @@ tasks until the end. Measured over the last --measure seconds:
 - replacement worker USS: the workers forked after the kill, at the end;
 - zygote USS (patched only; its own cost);
 - scheduler-tree PSS: scheduler + zygote + forkserver + workers + task processes, mean over sample rounds;
-- tasks/min (successful task runs in the window) and p50 task start latency (start_date - queued_dttm).
+- tasks/min (successful task runs in the window) and p50 task start latency (start_date - queued_dttm);
+- TIs queued (mean over the window): the backlog. LocalExecutor takes up to `parallelism` workloads per
+  scheduler loop whatever its workers are doing, so with a steady backlog the latency is about the backlog
+  divided by the throughput (Little's law): a build whose scheduler loops faster queues more and shows a
+  longer latency at the same or a higher throughput. Read the latency beside this column.
 
 "Without .pyc" is this machine's default (PYTHONDONTWRITEBYTECODE=1, an empty bytecode cache prefix); "with
 .pyc" points PYTHONPYCACHEPREFIX at a per-build cache that a warm-up import fills first.
@@ -143,6 +147,7 @@ def run_one(build: common.Build, method: str, parallelism: int, pyc: bool, args,
             killed: dict = {}
             measure_from = t_start + args.warmup
             counts_before = None
+            queued_counts: list[int] = []  # TIs in state queued, once a second in the window (the backlog)
             while time.monotonic() < measure_from + args.measure:
                 st.check_alive()
                 procs = st.processes()
@@ -161,6 +166,8 @@ def run_one(build: common.Build, method: str, parallelism: int, pyc: bool, args,
                         log(f"[{cfg.label}] SIGKILLed busy worker {busy_worker[0].pid}")
                 if counts_before is None and time.monotonic() >= measure_from:
                     counts_before = st.task_counts().get("success", 0)
+                if time.monotonic() >= measure_from:
+                    queued_counts.append(st.task_counts().get("queued", 0))
                 time.sleep(1.0)
             counts_after = st.task_counts().get("success", 0)
             sampler.stop()
@@ -206,6 +213,7 @@ def run_one(build: common.Build, method: str, parallelism: int, pyc: bool, args,
         "tree_pss": statistics.mean(rounds.values()) if rounds else None,
         "tasks_per_min": (counts_after - (counts_before or 0)) * 60.0 / args.measure,
         "p50_latency": statistics.median(latencies) if latencies else None,
+        "mean_queued": statistics.mean(queued_counts) if queued_counts else None,
         "killed": killed,
         "series": [(s.t, s.pid, s.role, s.uss, s.pss) for s in samples],
     }
@@ -223,14 +231,14 @@ def _ratio(a, b) -> str:
 
 def render(results: list[dict], out: Path) -> str:
     headers = ["config", "build", "steady worker USS MiB", "replacement USS MiB", "zygote USS MiB",
-               "scheduler-tree PSS MiB", "tasks/min", "p50 start latency s"]
+               "scheduler-tree PSS MiB", "tasks/min", "p50 start latency s", "TIs queued (mean)"]
     rows, ratio_rows = [], []
     key = lambda r: (r["method"], r["parallelism"], r["pyc"])  # noqa: E731
     for r in results:
         cfg = f"{r['method']} p{r['parallelism']}{' .pyc' if r['pyc'] else ''}"
         rows.append([cfg, r["build"], _fmt(r["steady_uss"], "mib"), _fmt(r["replacement_uss"], "mib"),
                      _fmt(r["zygote_uss"], "mib"), _fmt(r["tree_pss"], "mib"), _fmt(r["tasks_per_min"]),
-                     _fmt(r["p50_latency"], "s")])
+                     _fmt(r["p50_latency"], "s"), _fmt(r.get("mean_queued"))])
     base_fork = {(r["parallelism"], r["pyc"]): r for r in results if not r["patched"] and r["method"] == "fork"}
     for r in results:
         if not r["patched"]:
