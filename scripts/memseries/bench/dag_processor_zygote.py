@@ -5,12 +5,13 @@ each parsed `--runs` times, with and without .pyc files. Per parse, read inside 
 DAG file finishes executing, and set-up time from the fork to the DAG file's first line. Per run: files parsed
 per second (parse ends, first to last), the USS/PSS of the manager and of the parse zygote(s) and the PSS of all
 the dag-processor's processes (medians of the last 10 samples, 0.5 s apart), and the RAM the manager and its
-zygote use together: distinct physical pages over both (pagemap, root only; median of samples 2 s apart). USS alone misleads here: a page the
-manager shares with a live parse process is in nobody's USS, so unpatched 3.3.2's manager USS is low while its
-children live, and PSS hands part of every page the manager and zygote share to the parse processes alive at
-that moment. The distinct-pages column is the exact answer to "manager + zygote vs 3.3.2's manager"; the
-all-processes PSS is the RAM the dag-processor really uses. `--compare-serialized` also runs both builds over Airflow's example DAGs and this repository's
-examples/dags and compares every serialized DAG (serialized_dag.data) between the two builds.
+zygote use together: distinct physical pages over both (pagemap, root only; median of samples 2 s apart).
+USS alone misleads here: a page the manager shares with a live parse process is in nobody's USS, so unpatched
+3.3.2's manager USS is low while its children live, and PSS hands part of every page the manager and zygote
+share to the parse processes alive at that moment. The distinct-pages column is the exact answer to "manager +
+zygote vs 3.3.2's manager"; the all-processes PSS is the RAM the dag-processor really uses.
+`--compare-serialized` also runs both builds over Airflow's example DAGs and this repository's examples/dags and
+compares every serialized DAG (serialized_dag.data) between the two builds.
 
 Targets (issue 15): median per-parse USS <= 0.4x and median set-up <= 0.4x of 3.3.2's, files/s >= 1.5x, manager +
 zygote <= 30 MB above 3.3.2's manager. Kept apart from bench dag-processor (3.1.3 + numpy preloading) while the
