@@ -4,10 +4,14 @@ The real `airflow dag-processor` of each build (payloads/dag_processor_zygote.py
 each parsed `--runs` times, with and without .pyc files. Per parse, read inside the parse process: USS when the
 DAG file finishes executing, and set-up time from the fork to the DAG file's first line. Per run: files parsed
 per second (parse ends, first to last), the USS/PSS of the manager and of the parse zygote(s) and the PSS of all
-the dag-processor's processes (medians of the last 10 samples, 0.5 s apart). USS alone misleads here: a page the
-manager shares with a live parse process is in nobody's USS, so unpatched 3.3.2's manager USS is low while its
-children live; the all-processes PSS is the RAM the dag-processor really uses. `--compare-serialized` also runs both builds over Airflow's example DAGs and this repository's
-examples/dags and compares every serialized DAG (serialized_dag.data) between the two builds.
+the dag-processor's processes (medians of the last 10 samples, 0.5 s apart), and the RAM the manager and its
+zygote use together: distinct physical pages over both (pagemap, root only; median of samples 2 s apart).
+USS alone misleads here: a page the manager shares with a live parse process is in nobody's USS, so unpatched
+3.3.2's manager USS is low while its children live, and PSS hands part of every page the manager and zygote
+share to the parse processes alive at that moment. The distinct-pages column is the exact answer to "manager +
+zygote vs 3.3.2's manager"; the all-processes PSS is the RAM the dag-processor really uses.
+`--compare-serialized` also runs both builds over Airflow's example DAGs and this repository's examples/dags and
+compares every serialized DAG (serialized_dag.data) between the two builds.
 
 Targets (issue 15): median per-parse USS <= 0.4x and median set-up <= 0.4x of 3.3.2's, files/s >= 1.5x, manager +
 zygote <= 30 MB above 3.3.2's manager. Kept apart from bench dag-processor (3.1.3 + numpy preloading) while the
@@ -71,6 +75,7 @@ def _summarise(res: dict) -> dict:
     manager_pss = _median([s.get("manager_pss") or 0 for s in tail])
     zygote_pss = _median([s.get("zygote_pss") or 0 for s in tail])
     family_pss = _median([s.get("family_pss") or 0 for s in tail])
+    ram = [s["manager_zygote_ram"] for s in res["samples"] if s.get("manager_zygote_ram")]
     return {
         "n": len(parses),
         "uss_median": _median(p["uss"] for p in parses),
@@ -83,6 +88,7 @@ def _summarise(res: dict) -> dict:
         "manager_pss": manager_pss,
         "zygote_pss": zygote_pss,
         "family_pss": family_pss,
+        "manager_zygote_ram": _median(ram) if ram else None,
         "zygotes": last.get("zygotes", 0),
         "parents": len({p["ppid"] for p in parses}),
     }
@@ -136,10 +142,12 @@ def run(args) -> int:
             "manager+zygote MiB",
             "manager+zygote PSS MiB",
             "all processes PSS MiB",
+            "manager+zygote RAM MiB (distinct pages)",
             "USS ratio",
             "setup ratio",
             "files/s ratio",
             "mgr+zyg - base mgr MB",
+            "RAM: mgr+zyg - base mgr MB",
         ]
         for dags, pyc, build in plan:
             s = agg[(dags, pyc, build.label)]
@@ -159,10 +167,14 @@ def run(args) -> int:
                     _mib(total),
                     _mib(s["manager_pss"] + s["zygote_pss"]),
                     _mib(s["family_pss"]),
+                    _mib(s["manager_zygote_ram"]) if s["manager_zygote_ram"] else "-",
                     common.ratio(s["uss_median"], b["uss_median"]) if build.patched else "",
                     common.ratio(s["setup_median"], b["setup_median"]) if build.patched else "",
                     common.ratio(s["rate"], b["rate"]) if build.patched else "",
                     f"{(total - b['manager_uss']) / 1e6:+.1f}" if build.patched else "",
+                    f"{(s['manager_zygote_ram'] - b['manager_zygote_ram']) / 1e6:+.1f}"
+                    if build.patched and s["manager_zygote_ram"] and b["manager_zygote_ram"]
+                    else "",
                 ]
             )
         title = (
@@ -227,7 +239,10 @@ def _plot(path: Path, builds, agg, dag_counts, pyc_modes) -> None:
         ("USS per parse at end of DAG file (MiB, median)", lambda s: s["uss_median"] / 2**20),
         ("set-up: fork -> DAG file's first line (ms, median)", lambda s: s["setup_median"] * 1000),
         ("files parsed per second", lambda s: s["rate"]),
-        ("manager + zygote USS (MiB)", lambda s: (s["manager_uss"] + s["zygote_uss"]) / 2**20),
+        (
+            "manager + zygote RAM, distinct pages (MiB; USS sum if unreadable)",
+            lambda s: (s["manager_zygote_ram"] or s["manager_uss"] + s["zygote_uss"]) / 2**20,
+        ),
         ("all dag-processor processes, PSS (MiB)", lambda s: s["family_pss"] / 2**20),
     ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(24, 4.8))

@@ -279,6 +279,39 @@ def test_zygote_cost_is_reported(dags_folder, tmp_path):
     assert 0 < uss_mib < 60, ready
 
 
+def test_zygote_is_forked_from_a_frozen_heap(dags_folder, tmp_path, monkeypatch):
+    # Objects the manager made after its start-up freeze (here: a ballast made right before the zygote is
+    # started) would be walked by a collection in the zygote, which copies every page they live on into it,
+    # and by the manager's own later collections, which rewrite pages the two share. The manager collects
+    # and freezes right before it forks a zygote, so the zygote inherits nothing a collection walks.
+    from airflow.dag_processing.manager import DagFileProcessorManager
+    from airflow.dag_processing.zygote import ParseZygote
+
+    out = tmp_path / "probe.jsonl"
+    _write_probes(dags_folder, out, 1)
+    ballast: list = []
+    unfrozen_at_fork: list[int] = []
+    real_start_zygote = DagFileProcessorManager._start_zygote
+    real_start = ParseZygote.start.__func__
+
+    def start_zygote(self):
+        ballast.extend([i] for i in range(100_000))  # lists: always GC-tracked
+        return real_start_zygote(self)
+
+    def start(cls, **kwargs):
+        unfrozen_at_fork.append(len(gc.get_objects()))  # frozen objects are in no generation
+        return real_start(cls, **kwargs)
+
+    monkeypatch.setattr(DagFileProcessorManager, "_start_zygote", start_zygote)
+    monkeypatch.setattr(ParseZygote, "start", classmethod(start))
+    manager = _manager(1, dags_folder)
+    manager.run()
+
+    assert len(_records(out)) == 1
+    assert len(unfrozen_at_fork) == 1 and ballast
+    assert unfrozen_at_fork[0] < 20_000, unfrozen_at_fork
+
+
 def _example_dag_files() -> list[Path]:
     import airflow.example_dags
 

@@ -9,7 +9,10 @@ PYTHONPATH imports a probe in every process; it registers an at-fork hook (inher
 runs in parse processes forked from it too) noting the fork time. Each DAG file calls the probe on its FIRST
 line (setup = fork -> first line of the DAG file) and on its LAST line (USS/PSS read inside the parse process
 with psutil when the DAG file finishes executing). While it runs, the manager's and the zygote(s)' USS are
-sampled (psutil, every 0.5 s); the last samples are reported.
+sampled (psutil, every 0.5 s); the last samples are reported. Every 2 s (from a quarter of the parses on) the
+RAM the manager and its zygote(s) use together is read exactly: the number of distinct physical frames over
+their /proc/PID/pagemap (needs CAP_SYS_ADMIN, else not reported). psutil cannot give it: USS leaves out the
+pages the two share, and PSS moves part of each shared page to whichever parse processes happen to be alive.
 
 ``serialized``: the same dag-processor over ``--copy-dags`` (directories whose ``*.py`` are copied into the DAGs
 folder: Airflow's example DAGs and this repository's examples), until the serialized DAGs stop changing; prints
@@ -124,6 +127,53 @@ def _stop(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _present_pfns(pid: int) -> set[int] | None:
+    """
+    The physical frames (PFNs) of every page ``pid`` has present in RAM, from /proc/PID/pagemap; None if the
+    kernel hides PFNs from us (they read as 0 without CAP_SYS_ADMIN).
+
+    psutil has no way to say how much RAM two processes use *together*: USS leaves out every page they
+    share with anyone, PSS splits shared pages among all their sharers (here also the live parse
+    processes, which come and go). The number of distinct frames over the manager and its zygote is exact.
+    """
+    frames: set[int] = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in maps:
+            lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+            if lo >= 1 << 47:  # [vsyscall]
+                continue
+            pagemap.seek(lo // 4096 * 8)
+            data = pagemap.read((hi - lo) // 4096 * 8)
+            for entry in memoryview(data).cast("Q"):
+                if entry >> 63:  # present
+                    frames.add(entry & ((1 << 55) - 1))
+    if frames and frames <= {0}:
+        return None
+    return frames
+
+
+def _manager_zygote_ram(manager_pid: int) -> int | None:
+    """Bytes of RAM the manager and its zygote(s) use together (distinct frames), None if not measurable."""
+    import psutil
+
+    try:
+        manager = psutil.Process(manager_pid)
+        pids = [manager_pid] + [
+            c.pid
+            for c in manager.children()
+            if "parse zygote" in " ".join(c.cmdline())
+        ]
+        frames: set[int] = set()
+        for pid in pids:
+            pfns = _present_pfns(pid)
+            if pfns is None:
+                return None
+            frames |= pfns
+    except (OSError, psutil.Error):
+        return None
+    return len(frames) * 4096
 
 
 def _family_uss(manager_pid: int) -> dict:
@@ -255,10 +305,18 @@ def main() -> int:
                 deadline = start + args.timeout
                 if args.mode == "parse":
                     expected = args.dags * args.runs
+                    pages_at = 0.0
                     while time.monotonic() < deadline and proc.poll() is None:
-                        if _count_lines(out) >= expected:
+                        parsed = _count_lines(out)
+                        if parsed >= expected:
                             break
-                        samples.append({"t": time.time(), **_family_uss(proc.pid)})
+                        sample = {"t": time.time(), **_family_uss(proc.pid)}
+                        # Exact RAM of manager + zygote every 2 s once a quarter of the parses are done (the
+                        # zygote is up, the manager in its loop); reading pagemap costs ~50 ms.
+                        if parsed >= expected // 4 and time.monotonic() - pages_at >= 2:
+                            sample["manager_zygote_ram"] = _manager_zygote_ram(proc.pid)
+                            pages_at = time.monotonic()
+                        samples.append(sample)
                         time.sleep(0.5)
                     samples.append({"t": time.time(), **_family_uss(proc.pid)})
                 else:
