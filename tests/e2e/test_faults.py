@@ -84,13 +84,10 @@ def test_3_sigkill_scheduler_then_restart(fstack):
     _check(fstack, fs.scheduler_kill_restart(fstack, "under test"))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="unpatched 3.3.2's dag-processor sometimes exits (1) when the restart catches it mid-connect "
-    "(OperationalError: the database system is shutting down); seen under load, 2026-11-30. The harness "
-    "restarts what died so the later scenarios still run",
-)
 def test_4_postgres_restart(fstack, pg_cluster):
+    # A component may exit on the outage (upstream's scheduler and dag-processor let a database error end the
+    # process, unpatched 3.3.2 as well; whether they do depends on timing): the scenario restarts it as a process
+    # supervisor would and requires a database error in its log, no crash loop, nothing lost or doubled.
     _check(fstack, fs.postgres_restart(fstack, "under test", pg_cluster))
 
 

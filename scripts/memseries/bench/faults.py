@@ -90,7 +90,7 @@ def _run_build(label: str, venv: Path, args, cluster, log) -> list[fs.Outcome]:
                 for name, fn in [
                     ("1 busy worker SIGKILL", lambda: fs.busy_worker_kill(st, label)),
                     ("3 scheduler SIGKILL + restart", lambda: fs.scheduler_kill_restart(st, label)),
-                    ("4 PostgreSQL restart", lambda: fs.postgres_restart(st, label, cluster)),
+                    (f"4 PostgreSQL restart ({fs.PG_DOWN:g}s down)", lambda: fs.postgres_restart(st, label, cluster)),
                     ("5a parse process SIGKILL", lambda: fs.parse_process_kill(st, label)),
                     ("2 idle worker SIGKILL", lambda: fs.idle_worker_kill(st, label)),
                     ("5b dag-processor SIGTERM in preload", lambda: fs.dagproc_sigterm_preload(st, label, features)),
