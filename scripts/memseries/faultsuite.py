@@ -690,44 +690,79 @@ def parse_process_kill(st: Stack, build: str) -> Outcome:
 
 
 SLOW_PRELOAD_SECONDS = 60.0
-SLOW_PRELOAD = f'''"""memseries fault suite: a module whose import takes {SLOW_PRELOAD_SECONDS:g} s (approved preload)."""
+#: the module's first import (a parse process: [dag_processor] preload_modules preloads a module only after a parse
+#: process imported it) is quick; every later one (the preload, in the parse zygote or the manager) sleeps
+SLOW_PRELOAD = f'''"""memseries fault suite: an approved preload module whose preload import takes {SLOW_PRELOAD_SECONDS:g} s."""
 import os, time
 _track = os.environ.get("{TRACK_ENV}")
 if _track:
-    open(os.path.join(_track, "preload." + str(os.getpid())), "w").write(str(time.time()))
-time.sleep({SLOW_PRELOAD_SECONDS})
+    try:
+        os.close(os.open(os.path.join(_track, "preload-first"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        open(os.path.join(_track, "preload." + str(os.getpid())), "w").write(str(time.time()))
+        time.sleep({SLOW_PRELOAD_SECONDS})
+'''
+PRELOAD_DAG = "memseries_faults_preload"
+PRELOAD_DAG_SRC = f'''"""memseries fault suite: a DAG file that imports the slow approved preload module."""
+from datetime import datetime
+
+import {SLOW_PRELOAD_MODULE}  # noqa: F401
+from airflow.sdk import DAG
+
+with DAG(dag_id="{PRELOAD_DAG}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+         tags=["memseries", "faults"]):
+    pass
 '''
 
 
 def dagproc_sigterm_preload(st: Stack, build: str, features: BuildFeatures) -> Outcome:
-    """5b. SIGTERM the dag-processor while it imports a slow approved preload module: it stops within 10 s."""
+    """5b. SIGTERM the dag-processor while it imports a slow approved preload module: it stops within 10 s.
+
+    The module is approved in [dag_processor] preload_modules and imported by a DAG file (patch 0010 preloads a
+    module only after a parse process imported it); its first import is quick, the preload import (in the parse
+    zygote, or in the manager without one) sleeps SLOW_PRELOAD_SECONDS. The SIGTERM goes to the dag-processor's
+    process group as soon as the preload import began."""
     out = Outcome("5b dag-processor SIGTERM in preload", build)
     if reason := features.missing("dagproc-sigterm-preload"):
         out.skipped = reason
         return out
     assert st.home
     track: Path = st.track  # type: ignore[attr-defined]
-    (st.home / "memseries-site" / f"{SLOW_PRELOAD_MODULE}.py").write_text(SLOW_PRELOAD)
+    module = st.home / "memseries-site" / f"{SLOW_PRELOAD_MODULE}.py"
+    dag_file = st.dags_dir / f"{PRELOAD_DAG}.py"
     st.stop_component("dag-processor")
-    for f in track.glob("preload.*"):
-        f.unlink()
-    env = {"AIRFLOW__DAG_PROCESSOR__PRELOAD_MODULES": SLOW_PRELOAD_MODULE}
-    proc = st.start_component(Component("dag-processor", st.component_argv("dag-processor"), env))
-    st.wait_for(lambda: any(track.glob("preload.*")), 3 * ROUND_TRIP, "the slow preload import to start", poll=0.2)
-    members = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    procs = [p for p in map(_proc, members) if p]
-    os.killpg(proc.pid, signal.SIGTERM)
-    t0 = time.monotonic()
-    _gone, alive = psutil.wait_procs(procs, timeout=SLOW_PRELOAD_SECONDS / 2)
-    out.stop_s = time.monotonic() - t0
-    if alive:
-        out.notes.append(f"FAIL: still alive {out.stop_s:.0f}s after SIGTERM: {[p.pid for p in alive]}")
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-    out.notes.append(f"dag-processor exit code {proc.wait(timeout=30)}")
-    # back to a normal dag-processor
-    st.start_component(Component("dag-processor", st.component_argv("dag-processor")))
+    for f in [*track.glob("preload.*"), track / "preload-first"]:
+        f.unlink(missing_ok=True)
+    module.write_text(SLOW_PRELOAD)
+    dag_file.write_text(PRELOAD_DAG_SRC)
+    try:
+        env = {"AIRFLOW__DAG_PROCESSOR__PRELOAD_MODULES": SLOW_PRELOAD_MODULE}
+        proc = st.start_component(Component("dag-processor", st.component_argv("dag-processor"), env))
+        st.wait_for(lambda: any(track.glob("preload.*")), 3 * ROUND_TRIP, "the slow preload import to start",
+                    poll=0.2)
+        importer = _proc(int(next(track.glob("preload.*")).name.split(".")[1]))
+        with contextlib.suppress(psutil.Error):
+            if importer is not None:
+                out.notes.append(f"preload import in pid {importer.pid} ({importer.cmdline()[0][:60]})")
+        members = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        procs = [p for p in map(_proc, members) if p]
+        os.killpg(proc.pid, signal.SIGTERM)
+        t0 = time.monotonic()
+        _gone, alive = psutil.wait_procs(procs, timeout=SLOW_PRELOAD_SECONDS / 2)
+        out.stop_s = time.monotonic() - t0
+        if alive:
+            out.notes.append(f"FAIL: still alive {out.stop_s:.0f}s after SIGTERM: {[p.pid for p in alive]}")
+            for p in alive:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+        out.notes.append(f"dag-processor exit code {proc.wait(timeout=30)}")
+    finally:
+        # back to a normal dag-processor, without the slow module (a later parse of the DAG file would sleep)
+        dag_file.unlink(missing_ok=True)
+        module.unlink(missing_ok=True)
+        if st.procs["dag-processor"].poll() is None:
+            st.stop_component("dag-processor")
+        st.start_component(Component("dag-processor", st.component_argv("dag-processor")))
     out.ok = int(not alive)
     out.lost = int(bool(alive))
     return out
