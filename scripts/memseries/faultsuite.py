@@ -641,15 +641,6 @@ def postgres_restart(st: Stack, build: str, cluster: tuple[str, str] | None = No
     return assess(st, out, [run_id], before)
 
 
-def restart_dead(st: Stack) -> list[str]:
-    """Start again every component whose main process has exited; returns their names."""
-    dead = [n for n, p in st.procs.items() if p.poll() is not None]
-    for name in dead:
-        argv = st.component_argv("scheduler" if name.startswith("scheduler") else name)
-        st.start_component(Component(name, argv))
-    return dead
-
-
 def parse_process_kill(st: Stack, build: str) -> Outcome:
     """5a. SIGKILL the process parsing a (slow) DAG file: the file is parsed again, the dag-processor lives on."""
     out = Outcome("5a parse process SIGKILL", build)
