@@ -73,3 +73,77 @@ def test_versioned_dag_changes_only_its_version(tmp_path):
     assert f'dag_id="{fs.VERSIONED_DAG}"' in first and "schedule=timedelta(minutes=1)" in first
     assert first.replace("version 1", "version 2") == second
     assert [p.name for p in tmp_path.iterdir()] == [f"{fs.VERSIONED_DAG}.py"]
+
+
+def test_verdict_names_who_exited_and_was_restarted():
+    o = fs.Outcome("4 PostgreSQL restart", "3.3.2", ok=5, exited=["scheduler (1)"])
+    assert o.problems() == []
+    assert o.row()[-1] == "ok (exited on the fault, restarted by the harness: scheduler (1))"
+
+
+class _FakeStack:
+    """What Supervisor uses of a Stack: procs, logfiles, component_argv, start_component."""
+
+    def __init__(self, tmp_path: Path, script: str) -> None:
+        import subprocess
+        self.tmp = tmp_path
+        self.logfiles = {"scheduler": tmp_path / "scheduler.log"}
+        self.logfiles["scheduler"].write_text("old run: OperationalError long ago\n")
+        self.started: list[list[str]] = []
+        self.procs = {"scheduler": subprocess.Popen(["sh", "-c", script])}
+        self.procs["scheduler"].wait()
+
+    def component_argv(self, name):
+        return ["sleep", "30"]
+
+    def start_component(self, comp):
+        import subprocess
+        self.started.append(comp.argv)
+        self.procs[comp.name] = subprocess.Popen(comp.argv)
+        return self.procs[comp.name]
+
+
+def test_supervisor_restarts_an_exit_on_a_database_error(tmp_path):
+    st = _FakeStack(tmp_path, "exit 1")
+    out = fs.Outcome("4 PostgreSQL restart", "b")
+    sup = fs.Supervisor(st, out)
+    with open(st.logfiles["scheduler"], "a") as f:
+        f.write("psycopg2.OperationalError: server closed the connection unexpectedly\n")
+    try:
+        assert sup.poll() == ["scheduler"]
+        assert st.started == [["sleep", "30"]] and out.exited == ["scheduler (1)"]
+        assert out.problems() == [], out.notes
+        assert "server closed the connection unexpectedly" in out.notes[0]
+        assert sup.poll() == []
+    finally:
+        st.procs["scheduler"].kill()
+
+
+def test_supervisor_fails_an_exit_without_a_database_error(tmp_path):
+    # the log's old OperationalError (before supervision began) does not count
+    st = _FakeStack(tmp_path, "exit 3")
+    out = fs.Outcome("4 PostgreSQL restart", "b")
+    sup = fs.Supervisor(st, out)
+    try:
+        sup.poll()
+        assert out.exited == ["scheduler (3)"]
+        assert out.problems() and "without a database error" in out.problems()[0]
+    finally:
+        st.procs["scheduler"].kill()
+
+
+def test_supervisor_stops_a_crash_loop(tmp_path):
+    import pytest
+
+    st = _FakeStack(tmp_path, "exit 1")
+    st.component_argv = lambda name: ["sh", "-c", "echo 'OperationalError: x' >> " + str(st.logfiles["scheduler"])
+                                      + "; exit 1"]
+    out = fs.Outcome("4 PostgreSQL restart", "b")
+    sup = fs.Supervisor(st, out)
+    with open(st.logfiles["scheduler"], "a") as f:
+        f.write("OperationalError: y\n")
+    with pytest.raises(fs.StackError, match="crash loop"):
+        for _ in range(fs.MAX_RESTARTS + 2):
+            sup.poll()
+            st.procs["scheduler"].wait()
+    assert any("crash loop" in p for p in out.problems())

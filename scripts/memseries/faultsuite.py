@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 
 from memseries.stack import Component, Stack, StackConfig, StackError
-from memseries.stack.procs import WORKER_TITLE
+from memseries.stack.procs import WORKER_TITLE, tail
 
 FAULT_DAGS = Path(__file__).resolve().parent / "faultdags"
 FAULT_DAG = "memseries_faults"
@@ -355,6 +355,8 @@ class Outcome:
     stop_s: float | None = None
     skipped: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: components that exited during the fault and were started again by the harness ("scheduler (1)")
+    exited: list[str] = dataclasses.field(default_factory=list)
 
     def problems(self) -> list[str]:
         out = []
@@ -376,6 +378,8 @@ class Outcome:
         if self.skipped:
             return [self.scenario, self.build, "skipped", "", "", "", "", "", self.skipped]
         verdict = "; ".join(self.problems()) or "ok"
+        if self.exited:
+            verdict += f" (exited on the fault, restarted by the harness: {', '.join(self.exited)})"
         return [self.scenario, self.build, self.ok, self.retried, self.lost, self.doubled, s(self.recovery_s),
                 "-" if self.stop_s is None else f"{self.stop_s:.1f}", verdict]
 
@@ -495,9 +499,114 @@ def scheduler_kill_restart(st: Stack, build: str) -> Outcome:
     return assess(st, out, [run_id], before)
 
 
-def postgres_restart(st: Stack, build: str, cluster: tuple[str, str] | None = None) -> Outcome:
-    """4. Restart PostgreSQL while tasks run (the server runs again afterwards whatever happens)."""
-    out = Outcome("4 PostgreSQL restart", build)
+#: what a component that exits on a database outage must have logged (its last such line is quoted in the table)
+DB_ERROR = re.compile(
+    r"OperationalError|InterfaceError|server closed the connection unexpectedly|could not connect to server|"
+    r"connection to server at .* failed|the database system is (?:shutting down|starting up|in recovery mode)|"
+    r"terminating connection due to administrator command|Connection refused",
+    re.IGNORECASE,
+)
+#: restarts of one component within one scenario above which it is a crash loop, not a clean exit
+MAX_RESTARTS = 3
+#: after the scenario's runs finished: how long every component must stay up (a late exit is restarted too)
+SETTLE = 15.0
+
+
+class Supervisor:
+    """What systemd (`Restart=on-failure`) or Kubernetes does for the stack while a fault lasts: a component whose
+    main process exits is started again, and the exit is recorded with the database error it logged.
+
+    Upstream Airflow's components are written for that: the scheduler's loop lets a database error end the
+    process (`SchedulerJobRunner._execute` logs "Exception when executing SchedulerJob._run_scheduler_loop" and
+    re-raises), relying on the supervisor to start it again. An exit is acceptable only with a database error in
+    the part of the component's log written since the supervision began, and at most MAX_RESTARTS times."""
+
+    def __init__(self, st: Stack, outcome: Outcome, t0: float | None = None) -> None:
+        self.st = st
+        self.outcome = outcome
+        self.t0 = time.monotonic() if t0 is None else t0
+        self.offsets = {n: self._size(n) for n in st.procs}
+        self.restarts: dict[str, int] = {}
+
+    def _size(self, name: str) -> int:
+        path = self.st.logfiles.get(name)
+        try:
+            return path.stat().st_size if path else 0
+        except OSError:
+            return 0
+
+    def _db_error(self, name: str) -> str | None:
+        path = self.st.logfiles.get(name)
+        if not path:
+            return None
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            f.seek(self.offsets.get(name, 0))
+            text = f.read().decode(errors="replace")
+            found = [ln.strip() for ln in text.splitlines() if DB_ERROR.search(ln)]
+            return found[-1][-160:] if found else None
+        return None
+
+    def poll(self) -> list[str]:
+        """Restart every component whose main process has exited; returns their names."""
+        dead = [n for n, p in self.st.procs.items() if p.poll() is not None]
+        for name in dead:
+            code = self.st.procs[name].returncode
+            n = self.restarts[name] = self.restarts.get(name, 0) + 1
+            err = self._db_error(name)
+            at = time.monotonic() - self.t0
+            self.outcome.exited.append(f"{name} ({code})")
+            if err is None:
+                self.outcome.notes.append(f"FAIL: {name} exited ({code}) {at:.0f}s after the fault without a "
+                                          f"database error in its log:\n{tail(self.st.logfiles.get(name), 15)}")
+            else:
+                self.outcome.notes.append(f"{name} exited ({code}) {at:.0f}s after the fault on: {err}; restarted")
+            if n > MAX_RESTARTS:
+                self.outcome.notes.append(f"FAIL: {name} exited {n} times (crash loop); not restarted again")
+                raise StackError(f"{name} crash loop")
+            self.offsets[name] = self._size(name)
+            argv = self.st.component_argv("scheduler" if name.startswith("scheduler") else name)
+            self.st.start_component(Component(name, argv))
+        return dead
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str, poll: float = 1.0) -> bool:
+        """Like Stack.wait_for, restarting what exits; False on timeout (noted)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            with contextlib.suppress(Exception):
+                if predicate():
+                    return True
+            if time.monotonic() > deadline:
+                self.outcome.notes.append(f"FAIL: timed out after {timeout:.0f}s waiting for {what}")
+                return False
+            time.sleep(poll)
+
+    def settle(self, seconds: float = SETTLE) -> None:
+        """Every component up for `seconds` in a row (restarting what exits meanwhile)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self.poll():
+                end = time.monotonic() + seconds
+            time.sleep(1.0)
+
+
+#: how long scenario 4 keeps PostgreSQL down (stop, wait, start). Long enough that the scheduler's and the
+#: dag-processor's loops hit the outage for certain (retry_db_transaction gives up after 3 tries within ~3 s), so
+#: every run exercises what a plain `pg_ctlcluster restart` (~1 s down here) hits only by timing
+PG_DOWN = 6.0
+
+
+def postgres_restart(st: Stack, build: str, cluster: tuple[str, str] | None = None, down: float = PG_DOWN) -> Outcome:
+    """4. Restart PostgreSQL while tasks run, keeping it down `down` seconds (0: `pg_ctlcluster restart`); the server
+    runs again afterwards whatever happens.
+
+    Upstream's scheduler and dag-processor let a database error in their loops end the process and rely on a
+    process supervisor to start them again (3.3.2, unpatched and patched alike: `SchedulerJobRunner._execute` logs
+    "Exception when executing SchedulerJob._run_scheduler_loop", drains its LocalExecutor and exits 1; the
+    DagProcessorJob likewise). The scenario does what that supervisor does (Supervisor: start them again) and
+    requires that every exit came with a database error in the component's log, that nothing crash-looped, and as
+    always that no TI was lost or ran twice. The table names who exited."""
+    out = Outcome("4 PostgreSQL restart" + (f" ({down:g}s down)" if down else ""), build)
     cluster = cluster or pg_cluster()
     if reason := pg_restart_unavailable(cluster):
         out.skipped = reason
@@ -505,30 +614,31 @@ def postgres_restart(st: Stack, build: str, cluster: tuple[str, str] | None = No
     before = deadlock_lines(st)
     run_id = trigger(st, "pg", n=4, seconds=TASK_SECONDS)
     st.wait_for(lambda: len(running_work(st, run_id)) >= 1, 3 * ROUND_TRIP, "fault tasks running", poll=0.5)
+    sup = Supervisor(st, out)
+    fault_at = time.monotonic()
     try:
-        res = subprocess.run(["pg_ctlcluster", cluster[0], cluster[1], "restart"], capture_output=True,
-                             text=True, timeout=180)
-        fault_at = time.monotonic()
-        if res.returncode != 0:
-            out.notes.append(f"FAIL: pg_ctlcluster restart exit {res.returncode}: {res.stderr[-500:]}")
+        steps = [["restart"]] if not down else [["stop"], ["start"]]
+        for i, step in enumerate(steps):
+            if i:
+                time.sleep(down)
+            res = subprocess.run(["pg_ctlcluster", cluster[0], cluster[1], *step], capture_output=True,
+                                 text=True, timeout=180)
+            if res.returncode != 0:
+                out.notes.append(f"FAIL: pg_ctlcluster {step[0]} exit {res.returncode}: {res.stderr[-500:]}")
     finally:
         ensure_pg_running(cluster)
+    out.notes.append(f"PostgreSQL back {time.monotonic() - fault_at:.1f}s after the fault began")
     try:
-        _recover(st, out, [run_id], fault_at, BUSY_RECOVERY + 60)
-    except StackError as e:  # a component exited on the lost connection (3.3.2's dag-processor does, sometimes)
-        out.notes.append(f"FAIL: {str(e).splitlines()[0]}")
-        restart_dead(st)  # so that the scenarios after this one still have a whole stack
+        # a scheduler that exits on the outage first drains its LocalExecutor (executor.end() runs what is queued),
+        # then the new one adopts or resets what the old one left: one more scheduler start
+        timeout = BUSY_RECOVERY + 60
+        if sup.wait_for(lambda: run_state(st, run_id) in ("success", "failed"), timeout, f"run {run_id} to finish"):
+            out.recovery_s = time.monotonic() - fault_at
+        sup.settle()  # so that the scenarios after this one have a whole stack
+    except StackError as e:  # crash loop: noted as FAIL by the supervisor
+        out.notes.append(f"FAIL: {e}")
         return out
     return assess(st, out, [run_id], before)
-
-
-def restart_dead(st: Stack) -> list[str]:
-    """Start again every component whose main process has exited; returns their names."""
-    dead = [n for n, p in st.procs.items() if p.poll() is not None]
-    for name in dead:
-        argv = st.component_argv("scheduler" if name.startswith("scheduler") else name)
-        st.start_component(Component(name, argv))
-    return dead
 
 
 def parse_process_kill(st: Stack, build: str) -> Outcome:
@@ -571,44 +681,79 @@ def parse_process_kill(st: Stack, build: str) -> Outcome:
 
 
 SLOW_PRELOAD_SECONDS = 60.0
-SLOW_PRELOAD = f'''"""memseries fault suite: a module whose import takes {SLOW_PRELOAD_SECONDS:g} s (approved preload)."""
+#: the module's first import (a parse process: [dag_processor] preload_modules preloads a module only after a parse
+#: process imported it) is quick; every later one (the preload, in the parse zygote or the manager) sleeps
+SLOW_PRELOAD = f'''"""memseries fault suite: an approved preload module whose preload import takes {SLOW_PRELOAD_SECONDS:g} s."""
 import os, time
 _track = os.environ.get("{TRACK_ENV}")
 if _track:
-    open(os.path.join(_track, "preload." + str(os.getpid())), "w").write(str(time.time()))
-time.sleep({SLOW_PRELOAD_SECONDS})
+    try:
+        os.close(os.open(os.path.join(_track, "preload-first"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        open(os.path.join(_track, "preload." + str(os.getpid())), "w").write(str(time.time()))
+        time.sleep({SLOW_PRELOAD_SECONDS})
+'''
+PRELOAD_DAG = "memseries_faults_preload"
+PRELOAD_DAG_SRC = f'''"""memseries fault suite: a DAG file that imports the slow approved preload module."""
+from datetime import datetime
+
+import {SLOW_PRELOAD_MODULE}  # noqa: F401
+from airflow.sdk import DAG
+
+with DAG(dag_id="{PRELOAD_DAG}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+         tags=["memseries", "faults"]):
+    pass
 '''
 
 
 def dagproc_sigterm_preload(st: Stack, build: str, features: BuildFeatures) -> Outcome:
-    """5b. SIGTERM the dag-processor while it imports a slow approved preload module: it stops within 10 s."""
+    """5b. SIGTERM the dag-processor while it imports a slow approved preload module: it stops within 10 s.
+
+    The module is approved in [dag_processor] preload_modules and imported by a DAG file (patch 0010 preloads a
+    module only after a parse process imported it); its first import is quick, the preload import (in the parse
+    zygote, or in the manager without one) sleeps SLOW_PRELOAD_SECONDS. The SIGTERM goes to the dag-processor's
+    process group as soon as the preload import began."""
     out = Outcome("5b dag-processor SIGTERM in preload", build)
     if reason := features.missing("dagproc-sigterm-preload"):
         out.skipped = reason
         return out
     assert st.home
     track: Path = st.track  # type: ignore[attr-defined]
-    (st.home / "memseries-site" / f"{SLOW_PRELOAD_MODULE}.py").write_text(SLOW_PRELOAD)
+    module = st.home / "memseries-site" / f"{SLOW_PRELOAD_MODULE}.py"
+    dag_file = st.dags_dir / f"{PRELOAD_DAG}.py"
     st.stop_component("dag-processor")
-    for f in track.glob("preload.*"):
-        f.unlink()
-    env = {"AIRFLOW__DAG_PROCESSOR__PRELOAD_MODULES": SLOW_PRELOAD_MODULE}
-    proc = st.start_component(Component("dag-processor", st.component_argv("dag-processor"), env))
-    st.wait_for(lambda: any(track.glob("preload.*")), 3 * ROUND_TRIP, "the slow preload import to start", poll=0.2)
-    members = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    procs = [p for p in map(_proc, members) if p]
-    os.killpg(proc.pid, signal.SIGTERM)
-    t0 = time.monotonic()
-    _gone, alive = psutil.wait_procs(procs, timeout=SLOW_PRELOAD_SECONDS / 2)
-    out.stop_s = time.monotonic() - t0
-    if alive:
-        out.notes.append(f"FAIL: still alive {out.stop_s:.0f}s after SIGTERM: {[p.pid for p in alive]}")
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-    out.notes.append(f"dag-processor exit code {proc.wait(timeout=30)}")
-    # back to a normal dag-processor
-    st.start_component(Component("dag-processor", st.component_argv("dag-processor")))
+    for f in [*track.glob("preload.*"), track / "preload-first"]:
+        f.unlink(missing_ok=True)
+    module.write_text(SLOW_PRELOAD)
+    dag_file.write_text(PRELOAD_DAG_SRC)
+    try:
+        env = {"AIRFLOW__DAG_PROCESSOR__PRELOAD_MODULES": SLOW_PRELOAD_MODULE}
+        proc = st.start_component(Component("dag-processor", st.component_argv("dag-processor"), env))
+        st.wait_for(lambda: any(track.glob("preload.*")), 3 * ROUND_TRIP, "the slow preload import to start",
+                    poll=0.2)
+        importer = _proc(int(next(track.glob("preload.*")).name.split(".")[1]))
+        with contextlib.suppress(psutil.Error):
+            if importer is not None:
+                out.notes.append(f"preload import in pid {importer.pid} ({importer.cmdline()[0][:60]})")
+        members = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        procs = [p for p in map(_proc, members) if p]
+        os.killpg(proc.pid, signal.SIGTERM)
+        t0 = time.monotonic()
+        _gone, alive = psutil.wait_procs(procs, timeout=SLOW_PRELOAD_SECONDS / 2)
+        out.stop_s = time.monotonic() - t0
+        if alive:
+            out.notes.append(f"FAIL: still alive {out.stop_s:.0f}s after SIGTERM: {[p.pid for p in alive]}")
+            for p in alive:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+        out.notes.append(f"dag-processor exit code {proc.wait(timeout=30)}")
+    finally:
+        # back to a normal dag-processor, without the slow module (a later parse of the DAG file would sleep)
+        dag_file.unlink(missing_ok=True)
+        module.unlink(missing_ok=True)
+        if st.procs["dag-processor"].poll() is None:
+            st.stop_component("dag-processor")
+        st.start_component(Component("dag-processor", st.component_argv("dag-processor")))
     out.ok = int(not alive)
     out.lost = int(bool(alive))
     return out
@@ -686,6 +831,7 @@ def two_schedulers(st: Stack, build: str, duration: float, progress: Callable[[f
         out.lost += s.lost
         out.doubled += s.doubled
         out.queued_too_long += s.queued_too_long
+        out.exited += s.exited
         out.notes += [f"[{s.scenario}] {n}" for n in s.notes]
     if sub:
         rec = [s.recovery_s for s in sub if s.recovery_s is not None]

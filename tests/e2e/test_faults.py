@@ -8,8 +8,11 @@ stops the whole stack and requires it gone within 10 s.
 
 Scenarios the build cannot pass by construction are skipped with the missing behaviour named, decided by probing
 the venv (memseries.faultsuite.BuildFeatures): 2 (idle worker SIGKILL) needs the lexec patches, 5b needs
-[dag_processor] preload_modules. The idle-worker scenario runs after the others because on a build without the fix
-it wedges the pool. `memseries bench faults` runs the same scenarios on patched and unpatched 3.3.2 side by side.
+[dag_processor] preload_modules; 3 (scheduler SIGKILL) is an expected failure on a build without the lexec patches
+(unpatched 3.3.2 runs a retry beside the orphaned try). In 4 (PostgreSQL down 6 s) the scheduler and the
+dag-processor exit on the outage, upstream's way on both builds; the harness restarts them as systemd/Kubernetes
+would and requires a database error in their logs (memseries.faultsuite.Supervisor). The idle-worker scenario runs
+after the others because on a build without the fix it wedges the pool. `memseries bench faults` runs the same scenarios on patched and unpatched 3.3.2 side by side.
 """
 
 from __future__ import annotations
@@ -74,23 +77,23 @@ def test_1_sigkill_busy_worker(fstack):
     _check(fstack, fs.busy_worker_kill(fstack, "under test"))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="unpatched 3.3.2 (no series patch changes it yet) ran a retry beside the orphaned try that the "
-    "SIGKILLed scheduler's LocalExecutor worker kept running (tries 1 and 2 of one TI overlapped, 2026-11-30); "
-    "drop this mark once a patch makes the new scheduler wait for / kill the old try",
-)
-def test_3_sigkill_scheduler_then_restart(fstack):
+def test_3_sigkill_scheduler_then_restart(fstack, features, request):
+    if not features.local_zygote:
+        # Unpatched 3.3.2's behaviour, not the harness's: after the SIGKILL the new scheduler queued a retry while
+        # the dead scheduler's LocalExecutor (one task queue shared by its workers) still ran try 1: tries 1 and 2
+        # of a TI overlapped (2026-11-30: 2 of 2 runs of unpatched 3.3.2, and the run before). The patched build
+        # (0007: one channel per worker, a worker stops at its channel's EOF) passed it in 3 of 3 runs that day,
+        # so no mark there: a failure on it is a regression.
+        request.applymarker(pytest.mark.xfail(
+            strict=False, reason="unpatched 3.3.2: a retry ran beside the try a SIGKILLed scheduler's worker kept "
+            "running (tries overlap); the lexec patches (3.3.2 0007) fix it"))
     _check(fstack, fs.scheduler_kill_restart(fstack, "under test"))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="unpatched 3.3.2's dag-processor sometimes exits (1) when the restart catches it mid-connect "
-    "(OperationalError: the database system is shutting down); seen under load, 2026-11-30. The harness "
-    "restarts what died so the later scenarios still run",
-)
 def test_4_postgres_restart(fstack, pg_cluster):
+    # A component may exit on the outage (upstream's scheduler and dag-processor let a database error end the
+    # process, unpatched 3.3.2 as well; whether they do depends on timing): the scenario restarts it as a process
+    # supervisor would and requires a database error in its log, no crash loop, nothing lost or doubled.
     _check(fstack, fs.postgres_restart(fstack, "under test", pg_cluster))
 
 

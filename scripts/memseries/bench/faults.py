@@ -4,10 +4,10 @@ For each build (unpatched 3.3.2 and the patched build by default; `--venv LABEL=
 preview build of a helper's branch) it runs the real stack on PostgreSQL (api-server, dag-processor,
 scheduler(s), LocalExecutor parallelism 2) three times, one build after the other:
 
-1. quick stack: 1 busy worker SIGKILL, 3 scheduler SIGKILL + restart, 4 PostgreSQL restart, 5a parse process
-   SIGKILL, then 2 idle workers SIGKILLed in turn (last: it wedges the pool of a build without the fix),
-   5b dag-processor SIGTERM during a slow approved preload (builds with [dag_processor] preload_modules);
-   then the stack is stopped and timed;
+1. quick stack: 1 busy worker SIGKILL, 3 scheduler SIGKILL + restart, 4 PostgreSQL down 6 s (what exits on it is
+   restarted, as systemd/Kubernetes would, and named in the verdict), 5a parse process SIGKILL, then 2 idle
+   workers SIGKILLed in turn (last: it wedges the pool of a build without the fix), 5b dag-processor SIGTERM
+   during a slow approved preload (builds with [dag_processor] preload_modules); then the stack is stopped and timed;
 2. scenario 6: two schedulers for --versions-duration while a scheduled DAG file changes version every 20 s;
 3. the mixed run: two schedulers and the versioned DAG for --duration, one of 1/3/4/5a every --fault-every.
 
@@ -15,7 +15,7 @@ Every scenario is judged from the metadata DB and the files each task try writes
 ok / retried / lost / doubled, tries queued longer than task_queued_timeout, deadlock errors in the logs,
 recovery seconds (fault -> the scenario's runs finished), stop seconds. A failed expectation is a row of the
 table, not an error. Output: the table (printed and in table.md), faults.png, raw.json in
-bench-results/faults-<timestamp>/. Every run takes PostgreSQL on 127.0.0.1:5432 and restarts it (scenario 4):
+bench-results/faults-<timestamp>/. Every run takes PostgreSQL on 127.0.0.1:5432 and stops it for 6 s (scenario 4):
 run it under `flock /work/coord/heavy.lock` on a shared machine.
 """
 
@@ -90,7 +90,7 @@ def _run_build(label: str, venv: Path, args, cluster, log) -> list[fs.Outcome]:
                 for name, fn in [
                     ("1 busy worker SIGKILL", lambda: fs.busy_worker_kill(st, label)),
                     ("3 scheduler SIGKILL + restart", lambda: fs.scheduler_kill_restart(st, label)),
-                    ("4 PostgreSQL restart", lambda: fs.postgres_restart(st, label, cluster)),
+                    (f"4 PostgreSQL restart ({fs.PG_DOWN:g}s down)", lambda: fs.postgres_restart(st, label, cluster)),
                     ("5a parse process SIGKILL", lambda: fs.parse_process_kill(st, label)),
                     ("2 idle worker SIGKILL", lambda: fs.idle_worker_kill(st, label)),
                     ("5b dag-processor SIGTERM in preload", lambda: fs.dagproc_sigterm_preload(st, label, features)),
