@@ -2,7 +2,11 @@
 cannot read their task processes' exit status still finish every task.
 
 The worker is started with SIGCHLD set to SIG_IGN (a wrapper execs it so; the disposition is inherited across
-exec and fork, as from any parent that ignores SIGCHLD). The kernel then reaps every task process itself and
+exec and fork, as from any parent that ignores SIGCHLD). The wrapper execs the venv's interpreter on the
+``airflow`` entry-point script, not the script itself: uv's relocatable venvs (what ``memseries venv`` builds)
+give entry points a ``#!/bin/sh`` shebang that re-execs Python, and dash (``/bin/sh`` on Debian/Ubuntu) does not
+keep an inherited SIG_IGN for SIGCHLD -- through it the worker started with SIGCHLD at its default and the test
+had nothing to prove (seen in a clean-clone run). The kernel then reaps every task process itself and
 psutil's ``wait(timeout=0)`` returns ``None`` for it. The unpatched task SDK 1.3.2 takes that ``None`` for "still
 running": a task process that dies without reporting a terminal state (here ``os._exit(1)``, like an OOM kill)
 leaves its supervisor -- the celery pool process -- looping and heart-beating forever, with the TaskInstance
@@ -24,8 +28,11 @@ from memseries.stack import StackConfig, postgres_unreachable, tail
 
 HERE = Path(__file__).resolve().parent
 DAG = "memseries_celery_reaped"
+#: run with the venv's python: ignore SIGCHLD, then exec that same interpreter on the `airflow` script (argv[1]);
+#: never the script itself, whose `#!/bin/sh` shebang (uv relocatable venvs) would let dash reset SIGCHLD
 IGNORE_SIGCHLD = (
-    "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"
+    "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
 )
 
 
@@ -70,8 +77,9 @@ def stack(e2e_venv):
     try:
         st.start()
         if not _ignores_sigchld(st.procs["celery-worker-1"].pid):
-            # Seen in a clean-clone run: the wrapper's SIG_IGN did not survive into the worker. Without it the
-            # exit status is never lost and the tests below would pass on any build: say so instead.
+            # The wrapper's SIG_IGN did not survive into the worker (it did not when the wrapper exec'd the
+            # `#!/bin/sh` entry point: dash resets it). Without it the exit status is never lost and the tests
+            # below would pass on any build: say so instead of passing.
             pytest.skip("SIGCHLD is not ignored in the celery worker on this machine: nothing to prove")
         st.wait_dags_parsed([DAG])
         yield st
