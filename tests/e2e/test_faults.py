@@ -82,7 +82,7 @@ def test_3_sigkill_scheduler_then_restart(fstack, features, request):
         # Unpatched 3.3.2's behaviour, not the harness's: after the SIGKILL the new scheduler queued a retry while
         # the dead scheduler's LocalExecutor (one task queue shared by its workers) still ran try 1: tries 1 and 2
         # of a TI overlapped (2026-11-30: 2 of 2 runs of unpatched 3.3.2, and the run before). The patched build
-        # (0007: one channel per worker, a worker stops at its channel's EOF) passed it in 3 of 3 runs that day,
+        # (0007: one channel per worker, a worker stops at its channel's EOF) passed it in 4 of 4 runs that day,
         # so no mark there: a failure on it is a regression.
         request.applymarker(pytest.mark.xfail(
             strict=False, reason="unpatched 3.3.2: a retry ran beside the try a SIGKILLed scheduler's worker kept "
