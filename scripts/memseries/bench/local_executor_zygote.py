@@ -164,10 +164,11 @@ def run_one(build: common.Build, method: str, parallelism: int, pyc: bool, args,
                             os.kill(busy_worker[0].pid, signal.SIGKILL)
                         killed = {"pid": busy_worker[0].pid, "t": time.monotonic() - st.t0}
                         log(f"[{cfg.label}] SIGKILLed busy worker {busy_worker[0].pid}")
-                if counts_before is None and time.monotonic() >= measure_from:
-                    counts_before = st.task_counts().get("success", 0)
                 if time.monotonic() >= measure_from:
-                    queued_counts.append(st.task_counts().get("queued", 0))
+                    counts = st.task_counts()
+                    if counts_before is None:
+                        counts_before = counts.get("success", 0)
+                    queued_counts.append(counts.get("queued", 0))
                 time.sleep(1.0)
             counts_after = st.task_counts().get("success", 0)
             sampler.stop()
