@@ -85,8 +85,8 @@ def test_interrupting_the_orchestrator_leaves_no_process(e2e_venv, tmp_path, sig
               f"{'second ' if twice else ''}{signal.Signals(sig).name}")
         assert not alive, f"alive {STOP_WITHIN:g} s after the signal: {alive}"
         orch.wait(timeout=60)
-        in_sessions = [p for p in psutil.process_iter() if _sid(p.pid) in set(info["sids"])]
-        assert not in_sessions, f"left in the stack's sessions: {in_sessions}"
+        left = [p for p in psutil.process_iter() if _sid(p.pid) in set(info["sids"]) and not _orphan_zombie(p)]
+        assert not left, f"left in the stack's sessions: {left}"
         assert not Path(info["home"]).exists(), "the stack's AIRFLOW_HOME was not removed"
         assert orch.returncode != 0  # interrupted, not a clean exit
     finally:
@@ -105,6 +105,18 @@ def _proc(pid: int):
         return psutil.Process(pid)
     except psutil.Error:
         return None
+
+
+def _orphan_zombie(proc: psutil.Process) -> bool:
+    """An exited process whose parent is gone, waiting for init to reap it.
+
+    It holds no memory and runs nothing; how soon it disappears is up to PID 1 (on these VMs a process API that
+    reaps orphans about once a second), not to the harness.
+    """
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE and proc.ppid() == 1
+    except psutil.Error:
+        return True  # gone meanwhile
 
 
 def _sid(pid: int):
