@@ -255,6 +255,10 @@ if _LOG_DIR and "_memseries_main_pid" in globals() and os.environ.get("MEMSERIES
         try:
             import airflow.sdk.execution_time.supervisor as sup
 
+            if getattr(sup, "_diag_wrapped", False):
+                return  # once per process (run_workload calls this for every task)
+            sup._diag_wrapped = True
+
             for fname in ("_configure_logging", "get_coordinator_manager", "ensure_secrets_backend_loaded"):
                 f = getattr(sup, fname)
 
