@@ -11,12 +11,12 @@ BASES ?= 3.3.2 3.1.3
 E2E_PROVE_BASES ?= $(filter 3.1.3,$(BASES))
 DURATION ?= 180
 
-.PHONY: help tools venvs check build export test test-tools test-unit test-unit-sqlite test-unit-postgres test-unit-py313 prove test-e2e test-faults demo lock clean
+.PHONY: help tools venvs check build export test test-tools test-unit test-unit-sqlite test-unit-postgres test-unit-py313 prove prove-e2e-70117 test-e2e test-faults demo lock clean
 
 help:
 	@echo "make demo   - build patched + unpatched $(BASE), run the real stack on each, print the memory table (DURATION=$(DURATION)s each)"
 	@echo "make test   - everything CI runs: check, tooling tests, unit tests (SQLite + PostgreSQL) and prove on $(BASES), end-to-end"
-	@echo "make check | build | export | venvs | prove | test-unit-py313 | lock | clean   (BASE=$(BASE), BASES=$(BASES))"
+	@echo "make check | build | export | venvs | prove | prove-e2e-70117 | test-unit-py313 | lock | clean   (BASE=$(BASE), BASES=$(BASES))"
 
 $(TOOLS)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(TOOLS)
@@ -65,6 +65,18 @@ prove: venvs
 	    echo "proven: the end-to-end memory test fails on the unpatched $$b"; \
 	  else echo "NOT PROVEN: the end-to-end memory test did not fail for the memory reason on $$b (exit $$rc)"; exit 1; fi; \
 	done
+
+# apache/airflow#70117 end-to-end (task-sdk series): a real celery worker with SIGCHLD ignored, on the UNPATCHED
+# 3.3.2 task SDK; must fail there (the task that dies stays `running`: its supervisor never finishes). PostgreSQL +
+# Redis, ~5 min (it waits 240 s): heavy, not part of `make test`.
+prove-e2e-70117: venvs
+	@echo "#70117 end-to-end test on the UNPATCHED 3.3.2 task SDK (must fail there)"
+	@out=$$(MEMSERIES_E2E_VENV=.venv/airflow-3.3.2 $(TOOLS)/bin/python -m pytest \
+	    tests/e2e/test_celery_task_sdk_reaped_child.py -q -p no:warnings -p no:cacheprovider 2>&1) && rc=0 || rc=$$?; \
+	  echo "$$out" | grep -E "^TI states:" | head -1 | sed "s/^/  on the base: /"; \
+	  if [ $$rc -eq 1 ] && echo "$$out" | grep -q "'crash': 'running'" && echo "$$out" | grep -q "1 failed, 1 passed"; then \
+	    echo "proven: the #70117 end-to-end test fails on the unpatched task SDK 1.3.2"; \
+	  else echo "NOT PROVEN: it did not fail for the stuck-supervisor reason (exit $$rc)"; echo "$$out" | tail -5; exit 1; fi
 
 # The end-to-end modules include the fault suite (issue 17, tests/e2e/test_faults.py: scenarios 1-5 on PostgreSQL,
 # ~4 min on a 2-core machine; it stops PostgreSQL for 6 s, so it needs root or the postgres user, else it skips

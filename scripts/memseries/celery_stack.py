@@ -164,6 +164,15 @@ if _LOG_DIR and os.environ.pop("MEMSERIES_CELERY_WORKER_MAIN", "") == "1":
 
     os.register_at_fork(after_in_child=_memseries_after_fork)
 
+    from celery.signals import task_postrun as _memseries_task_postrun
+
+    @_memseries_task_postrun.connect(weak=False)
+    def _memseries_task_done(**kwargs):
+        # a pool process finished a task (its task process has exited): the bench tells the pool processes that
+        # ran tasks from those that ran none, and how many. line: wall uss (bytes, measured by itself)
+        if os.getppid() == _memseries_main_pid:
+            _log("task-%d" % os.getpid(), "%.3f %d\n" % (time.time(), _uss()))
+
 
 if os.environ.get("MEMSERIES_CELERY_UNFREEZE_POOL") == "1":
     # control: undo the provider's pre-fork gc.freeze() in every prefork pool process right after the fork
@@ -337,6 +346,12 @@ class CeleryStack(Stack):
             pid: (float(lines[0][0]), int(lines[0][1]))
             for pid, lines in self._celery_lines("fork").items()
             if lines
+        }
+
+    def tasks_done(self) -> dict[int, list[tuple[float, int]]]:
+        """pool pid -> [(wall, its own USS in bytes)] at the end of each task it ran (celery's task_postrun)."""
+        return {
+            pid: [(float(a), int(b)) for a, b in lines] for pid, lines in self._celery_lines("task").items()
         }
 
     def probes(self) -> dict[int, dict]:

@@ -63,10 +63,15 @@ if _LOG_DIR and "_memseries_main_pid" in globals() and os.environ.get("MEMSERIES
 
     from celery.signals import task_postrun as _task_postrun
 
+    _diag_ntasks = [0]
+
     @_task_postrun.connect(weak=False)
     def _diag_postrun(**kwargs):
         if os.environ.get("MEMSERIES_DIAG") != "full":
             return
+        _diag_ntasks[0] += 1
+        if _diag_ntasks[0] not in (1, 2, 3, 5, 10, 20, 40, 80, 160):
+            return  # a long-lived pool process (autoscale): analysed after these tasks only
         try:
             _diag_analyse()
         except Exception as e:  # diagnostics only
@@ -161,6 +166,7 @@ if _LOG_DIR and "_memseries_main_pid" in globals() and os.environ.get("MEMSERIES
                 {
                     "pid": me,
                     "main": main,
+                    "task": _diag_ntasks[0],
                     "uss_mb": uss / 1e6,
                     "pages_mb": {k: v * _PAGE / 1e6 for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
                     "child_copied_diffable": sampled,
@@ -249,6 +255,10 @@ if _LOG_DIR and "_memseries_main_pid" in globals() and os.environ.get("MEMSERIES
         try:
             import airflow.sdk.execution_time.supervisor as sup
 
+            if getattr(sup, "_diag_wrapped", False):
+                return  # once per process (run_workload calls this for every task)
+            sup._diag_wrapped = True
+
             for fname in ("_configure_logging", "get_coordinator_manager", "ensure_secrets_backend_loaded"):
                 f = getattr(sup, fname)
 
@@ -271,6 +281,17 @@ if _LOG_DIR and "_memseries_main_pid" in globals() and os.environ.get("MEMSERIES
     def _diag_postrun_stage(**kwargs):
         _diag_stage("postrun")
         _log("poolmods-%d" % os.getpid(), "\n".join(sorted(sys.modules)) + "\n")
+        # gc: objects tracked per generation (frozen = inherited from the worker), full collections so far
+        import gc as _gc
+
+        _log(
+            "gc-%d" % os.getpid(),
+            "%d %d %d %d %d %s\n"
+            % (
+                len(_gc.get_objects(0)), len(_gc.get_objects(1)), len(_gc.get_objects(2)), _gc.get_freeze_count(),
+                _uss(), ",".join(str(st["collections"]) for st in _gc.get_stats()),
+            ),
+        )
 
     # ---- where the child's init and first-task imports copy: profile a few celery/billiard functions, trace imports
     _DIAG_FUNCS = {

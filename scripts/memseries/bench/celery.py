@@ -460,6 +460,7 @@ def _measure_provider(name: str, build: common.Build, scenario: str, args, prog,
             "probes": {str(k): v for k, v in st.probes().items()},
             "main_collections": {str(k): v for k, v in st.main_collections().items()},
             "aging": {str(k): v for k, v in st.collection_log().items()},
+            "pool_tasks": {str(k): v for k, v in st.tasks_done().items()},
         }
 
 
@@ -478,11 +479,29 @@ def _provider_summary(res: dict, args) -> dict:
     for x in res["samples"]:
         by_pid.setdefault(x["pid"], []).append(x)
 
-    def idle_aged(pid: int) -> float | None:
-        # largest USS sample with no task child, after the probe's full collection
+    def idle_aged(pid: int, ran: bool | None = None) -> float | None:
+        # largest USS sample with no task child, after the probe's full collection; ran=True/False: only the
+        # samples taken after / before the process's first task (see ran_task)
         after = probes[pid]["wall"]
-        quiet = [x["uss"] for x in by_pid.get(pid, []) if x["children"] == 0 and x["wall"] > after]
+        quiet = [
+            x["uss"]
+            for x in by_pid.get(pid, [])
+            if x["children"] == 0 and x["wall"] > after and (ran is None or ran_task(pid, x) == ran)
+        ]
         return max(quiet) if quiet else None
+
+    pool_tasks = {int(k): v for k, v in res.get("pool_tasks", {}).items()}
+
+    def ran_task(pid: int, sample: dict) -> bool:
+        # had this pool process finished (or started) a task by this sample? The harness logs each task's end
+        # (task_postrun); Airflow >= 3.3 also retitles a pool process "airflow supervisor: ..." for its first
+        # task and never back (the only source in raw data of older runs)
+        if pid in pool_tasks and pool_tasks[pid][0][0] <= sample["wall"]:
+            return True
+        return sample["title"].startswith(("airflow supervisor:", "airflow task supervisor:"))
+
+    def tasks_of(pid: int) -> int:
+        return len(pool_tasks.get(pid, []))
 
     def med(values):
         values = [v for v in values if v is not None]
@@ -518,6 +537,18 @@ def _provider_summary(res: dict, args) -> dict:
         "initial_uss_aged": med(idle_aged(p) for p in initial),
         "late_uss_aged": med(idle_aged(p) for p in late),
         "late_idle_measured": sum(1 for p in late if idle_aged(p) is not None),
+        # the same, split: samples before a late pool process's first task / after it (a long-lived process's
+        # "after" covers all its tasks so far); n = late processes with such a sample
+        "late_uss_aged_notask": med(idle_aged(p, False) for p in late),
+        "late_notask_measured": sum(1 for p in late if idle_aged(p, False) is not None),
+        "late_uss_aged_task": med(idle_aged(p, True) for p in late),
+        "late_task_measured": sum(1 for p in late if idle_aged(p, True) is not None),
+        "late_tasks_each": med(tasks_of(p) for p in late) if pool_tasks else None,
+        "late_tasks_max": max((tasks_of(p) for p in late), default=0) if pool_tasks else None,
+        # each late pool process's own USS at the end of its first task and of its last (task_postrun, before a
+        # forced collection; no task child then)
+        "late_uss_task1": med(pool_tasks[p][0][1] for p in late if pool_tasks.get(p)),
+        "late_uss_tasklast": med(pool_tasks[p][-1][1] for p in late if pool_tasks.get(p)),
         "late_uss_probe": med(pool[p]["uss_after"] for p in late),
         "late_copy_probe": med(pool[p]["uss_after"] - pool[p]["uss_before"] for p in late),
         "helper_uss": med(
@@ -569,7 +600,12 @@ def run_provider(args) -> int:
         "run",
         "pool forks (late)",
         "initial pool USS aged MB",
-        "late pool USS aged MB (idle samples)",
+        "late pool USS aged MB (idle samples, all)",
+        "... only before its 1st task (n)",
+        "... only after its 1st task (n)",
+        "vs unpatched (before / after 1st task)",
+        "tasks per late pool process: median (max)",
+        "late pool USS at end of 1st / last task MB",
         "late pool USS after 1st full collection MB",
         "copied by it MB",
         "vs unpatched",
@@ -590,7 +626,7 @@ def run_provider(args) -> int:
         )
 
         def vs(key):
-            return common.ratio(s[key], base[key]) if base and s[key] and base[key] else "-"
+            return common.ratio(s[key], base[key]) if base and s.get(key) and base.get(key) else "-"
 
         rows.append(
             [
@@ -598,6 +634,11 @@ def run_provider(args) -> int:
                 f"{s['pool_forks']} ({s['late_forks']})",
                 _fmt(s["initial_uss_aged"]),
                 f"{_fmt(s['late_uss_aged'])} ({s['late_idle_measured']})",
+                f"{_fmt(s.get('late_uss_aged_notask'))} ({s.get('late_notask_measured', 0)})",
+                f"{_fmt(s.get('late_uss_aged_task'))} ({s.get('late_task_measured', 0)})",
+                vs("late_uss_aged_notask") + " / " + vs("late_uss_aged_task"),
+                f"{s['late_tasks_each']:g} ({s['late_tasks_max']})" if s.get("late_tasks_each") is not None else "-",
+                f"{_fmt(s.get('late_uss_task1'))} / {_fmt(s.get('late_uss_tasklast'))}",
                 _fmt(s["late_uss_probe"]),
                 _fmt(s["late_copy_probe"]),
                 vs("late_uss_probe") + " / idle " + vs("late_uss_aged"),
@@ -651,14 +692,15 @@ def _plot_provider(path: Path, raw: dict, summaries: dict, args) -> None:
     ax_tree.legend(fontsize=7)
     metrics = [
         ("late_uss_probe", "late pool USS\nafter 1st collection"),
-        ("late_uss_aged", "late pool USS\nidle, aged"),
+        ("late_uss_aged_notask", "late pool USS idle,\nbefore 1st task"),
+        ("late_uss_aged_task", "late pool USS idle,\nafter 1st task"),
         ("initial_uss_aged", "initial pool USS\nidle, aged"),
         ("helper_uss", "cleanup helper\nUSS"),
         ("main_uss_end", "worker mains\nUSS (sum)"),
     ]
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
-        vals = [(summaries[name][k] or 0) / MB for k, _ in metrics]
+        vals = [(summaries[name].get(k) or 0) / MB for k, _ in metrics]
         ax_bar.bar(
             [j + i * width for j in range(len(metrics))],
             vals,
