@@ -64,7 +64,8 @@ def probe_run(airflow_home, clear_db, tmp_path):
                 def max_runs_reached(self):
                     return len(self._file_stats) >= 1 and super().max_runs_reached()
 
-            manager = _UntilParsed(max_runs=2)
+            # Both parses from the zygote (by default the manager forks the first one itself, patch 0011).
+            manager = _UntilParsed(max_runs=2, zygote_after_results=0)
             manager.run()
         finally:
             for sig, handler in handlers.items():
