@@ -77,9 +77,12 @@ def _manager(max_runs: int, folder: Path, captured: dict | None = None, *, from_
     ``from_first_parse``: the zygote is started before the first parse (``zygote_after_results = 0``), so
     that every parse process comes from it; by default the manager forks the first ones itself.
     """
-    if from_first_parse:
-        kwargs.setdefault("zygote_after_results", 0)
+    import attrs
+
     from airflow.dag_processing.manager import DagFileProcessorManager
+
+    if from_first_parse and "zygote_after_results" in attrs.fields_dict(DagFileProcessorManager):
+        kwargs.setdefault("zygote_after_results", 0)
 
     class _UntilParsed(DagFileProcessorManager):
         def max_runs_reached(self):
