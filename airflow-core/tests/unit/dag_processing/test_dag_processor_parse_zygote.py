@@ -69,13 +69,20 @@ def dags_folder(airflow_home, clear_db, monkeypatch):
             path.unlink() if path.is_file() else shutil.rmtree(path)
 
 
-def _manager(max_runs: int, folder: Path, captured: dict | None = None, **kwargs):
+def _manager(max_runs: int, folder: Path, captured: dict | None = None, *, from_first_parse=True, **kwargs):
     """
     A real manager that stops once every DAG file in ``folder`` was parsed ``max_runs`` times.
 
     With ``captured``, every serialized DAG that a parse process sends back is recorded there (by dag_id).
+    ``from_first_parse``: the zygote is started before the first parse (``zygote_after_results = 0``), so
+    that every parse process comes from it; by default the manager forks the first ones itself.
     """
+    import attrs
+
     from airflow.dag_processing.manager import DagFileProcessorManager
+
+    if from_first_parse and "zygote_after_results" in attrs.fields_dict(DagFileProcessorManager):
+        kwargs.setdefault("zygote_after_results", 0)
 
     class _UntilParsed(DagFileProcessorManager):
         def max_runs_reached(self):
@@ -116,6 +123,32 @@ def test_parse_processes_are_children_of_the_zygote(dags_folder, tmp_path):
     assert all(stat.num_dags == 1 and stat.run_count == 2 for stat in manager._file_stats.values())
     # the zygote is gone with the manager's loop
     assert not psutil_alive(records[0]["ppid"])
+
+
+def test_zygote_started_once_the_manager_handled_a_result(dags_folder, tmp_path):
+    """
+    By default the zygote is forked only after the manager has handled its first parse result.
+
+    The manager's first result handling rewrites pages all over its heap; a zygote forked before that would
+    keep the old copy of each for its whole life. The parse processes started before are forked by the
+    manager itself, as with ``parse_zygote = False``; every later one comes from the zygote.
+    """
+    out = tmp_path / "probe.jsonl"
+    _write_probes(dags_folder, out, 4)
+    manager = _manager(2, dags_folder, from_first_parse=False)
+    assert manager.zygote_after_results == 1
+    manager.run()
+
+    records = _records(out)
+    assert len(records) == 8, records
+    parents = [r["ppid"] for r in records]
+    direct = [p for p in parents if p == os.getpid()]
+    assert 1 <= len(direct) <= 2, parents  # at most one round of parsing_processes (2) before the zygote
+    assert parents[0] == os.getpid()
+    zygote_parents = [r for r in records if r["ppid"] != os.getpid()]
+    assert parents[len(direct) :] == [zygote_parents[0]["ppid"]] * len(zygote_parents)  # one zygote, after
+    assert manager.zygote_starts == 1
+    assert all(stat.num_dags == 1 and stat.run_count == 2 for stat in manager._file_stats.values())
 
 
 def psutil_alive(pid: int) -> bool:
