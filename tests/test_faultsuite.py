@@ -73,6 +73,9 @@ def test_versioned_dag_changes_only_its_version(tmp_path):
     assert f'dag_id="{fs.VERSIONED_DAG}"' in first and "schedule=timedelta(minutes=1)" in first
     assert first.replace("version 1", "version 2") == second
     assert [p.name for p in tmp_path.iterdir()] == [f"{fs.VERSIONED_DAG}.py"]
+    fs.write_versioned_dag(tmp_path, 3, scheduled=False)  # the end of a run: no new runs, no pause
+    last = (tmp_path / f"{fs.VERSIONED_DAG}.py").read_text()
+    assert "schedule=None" in last and "version 3" in last
 
 
 def test_verdict_names_who_exited_and_was_restarted():
@@ -162,7 +165,8 @@ def test_mixed_run_goes_on_after_a_fault_fails_and_restarts_what_exited(tmp_path
     (tmp_path / "dags").mkdir()
     st.dags_dir = tmp_path / "dags"
     st.track = tmp_path
-    st.query = lambda sql, params=(): [(0,)] if "count(*)" in sql else []
+    st.query = lambda sql, params=(): ([(0,)] if "count(*)" in sql else [("None",)] if "timetable_summary" in sql
+                                       else [])
     st.set_paused = lambda dag_id, paused=True: None
     calls = []
 
