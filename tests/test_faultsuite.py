@@ -73,6 +73,9 @@ def test_versioned_dag_changes_only_its_version(tmp_path):
     assert f'dag_id="{fs.VERSIONED_DAG}"' in first and "schedule=timedelta(minutes=1)" in first
     assert first.replace("version 1", "version 2") == second
     assert [p.name for p in tmp_path.iterdir()] == [f"{fs.VERSIONED_DAG}.py"]
+    fs.write_versioned_dag(tmp_path, 3, scheduled=False)  # the end of a run: no new runs, no pause
+    last = (tmp_path / f"{fs.VERSIONED_DAG}.py").read_text()
+    assert "schedule=None" in last and "version 3" in last
 
 
 def test_verdict_names_who_exited_and_was_restarted():
@@ -147,3 +150,67 @@ def test_supervisor_stops_a_crash_loop(tmp_path):
             sup.poll()
             st.procs["scheduler"].wait()
     assert any("crash loop" in p for p in out.problems())
+
+
+def test_mixed_run_goes_on_after_a_fault_fails_and_restarts_what_exited(tmp_path, monkeypatch):
+    # a fault whose wait found a component dead (StackError) is a FAIL row of that fault, not the end of the run;
+    # the component is restarted by the mixed run's Supervisor, judged by its log
+    import subprocess
+    import time
+
+    st = _FakeStack(tmp_path, "exit 0")
+    st.procs["scheduler"] = subprocess.Popen(["sleep", "30"])  # running when the run begins
+    st.home = tmp_path
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "dags").mkdir()
+    st.dags_dir = tmp_path / "dags"
+    st.track = tmp_path
+    st.query = lambda sql, params=(): ([(0,)] if "count(*)" in sql else [("None",)] if "timetable_summary" in sql
+                                       else [])
+    st.set_paused = lambda dag_id, paused=True: None
+    calls = []
+
+    def busy(st_, build):
+        calls.append("1")
+        with open(st.logfiles["scheduler"], "a") as f:
+            f.write("sqlalchemy.exc.OperationalError: connection to server at 127.0.0.1 failed\n")
+        st.procs["scheduler"].kill()
+        st.procs["scheduler"].wait()
+        raise fs.StackError("[b] scheduler exited with -9:\nlog tail")
+
+    def fine(num):
+        def f(st_, build):
+            calls.append(num)
+            return fs.Outcome(num, build, ok=4)
+        return f
+
+    monkeypatch.setattr(fs, "busy_worker_kill", busy)
+    monkeypatch.setattr(fs, "scheduler_kill_restart", fine("3"))
+    monkeypatch.setattr(fs, "postgres_restart", fine("4"))
+    monkeypatch.setattr(fs, "parse_process_kill", fine("5a"))
+    real_sleep = time.sleep
+    monkeypatch.setattr(fs.time, "sleep", lambda s: real_sleep(0.05))
+    try:
+        out = fs.two_schedulers(st, "b", duration=0.4, fault_every=0.01)
+    finally:
+        for p in st.procs.values():
+            p.kill()
+        monkeypatch.undo()
+    assert calls[:4] == ["1", "3", "4", "5a"], calls
+    assert out.exited and out.exited[0] == "scheduler (-9)"
+    assert "FAIL: [1 busy worker SIGKILL] [b] scheduler exited with -9:" in out.problems()
+    assert not any("without a database error" in p for p in out.problems())
+    assert out.ok == 4 * (len(calls) - calls.count("1"))
+    assert isinstance(st.procs["scheduler"], subprocess.Popen) and st.started
+
+
+def test_the_worker_running_a_ti_names_its_scheduler():
+    # scenario 3 on two schedulers kills the scheduler whose worker runs the run's task
+    from memseries.stack.procs import ProcInfo
+
+    ti = "01a22deb-d1e0-7cf5-b753-f33676b928c6"
+    workers = [ProcInfo(10, "worker", "scheduler", "airflow worker -- LocalExecutor: <idle>", 1),
+               ProcInfo(11, "worker", "scheduler-2", f"airflow worker -- LocalExecutor: {ti}", 2)]
+    assert fs.worker_info(workers, ti).component == "scheduler-2"
+    assert fs.worker_info(workers, ti.replace("-", "")).pid == 11
+    assert fs.worker_info(workers[:1], ti) is None
