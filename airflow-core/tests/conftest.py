@@ -50,6 +50,15 @@ def _pg_admin(statement: str) -> None:
 def pytest_configure(config):
     if hasattr(config, "workerinput"):  # pragma: no cover - no xdist here, but never set up twice
         return
+    try:
+        # setproctitle finds the process's argv area through the environment on its first call; after the
+        # environment is rewritten below it cannot, and every title set in this process and its children
+        # (LocalExecutor workers, zygotes) would silently stay unchanged. Let it look first.
+        import setproctitle
+
+        setproctitle.getproctitle()
+    except ImportError:  # pragma: no cover - Airflow depends on it
+        pass
     backend = config.getoption("--backend")
     home = Path(tempfile.mkdtemp(prefix="memseries-airflow-home-"))
     (home / "dags").mkdir()

@@ -8,6 +8,7 @@ without a server. Memory is each worker's USS (private memory), read with psutil
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -201,6 +202,32 @@ def test_dead_zygote_is_replaced_and_tasks_go_on(cleanup, session, capfd):
     finally:
         stop(ex)
     assert not psutil.pid_exists(zygote) or psutil.Process(zygote).status() == psutil.STATUS_ZOMBIE
+
+
+def test_scheduler_heap_stays_frozen_so_its_collections_do_not_unshare_the_zygote(cleanup, session):
+    """
+    The zygote is forked from the scheduler with the scheduler's heap frozen, and the heap stays frozen.
+
+    Unfrozen after the fork (3.3.2 unfreezes right after forking its workers), the scheduler's next full
+    collection writes the GC header of every object it had when it forked, and so copies every page it shares
+    with the zygote and the workers back into itself: its private memory grows by about its whole heap.
+    """
+    heap = [{"id": i, "deps": [i]} for i in range(200_000)]  # the scheduler's long-lived heap (~60 MB)
+    ex = LocalExecutor(parallelism=1)
+    ex.start()
+    try:
+        run_task_path(ex, session, "first")
+        assert gc.get_freeze_count() >= len(heap), "the scheduler's heap is not frozen after start()"
+        before = uss(os.getpid())
+        gc.collect()
+        grown = uss(os.getpid()) - before
+    finally:
+        stop(ex)
+        gc.unfreeze()  # for the tests that run after this one in this process
+        del heap
+    print(f"scheduler USS grew {grown / MB:.1f} MB over a full collection after start()")
+    # Unfrozen (as before): 66.7 MB measured here, the pages of those objects' GC headers; frozen: 0.0 MB.
+    assert grown < 8 * MB, f"a full collection in the scheduler copied {grown / MB:.1f} MB it shared"
 
 
 @pytest.fixture
