@@ -8,6 +8,7 @@ without a server. Memory is each worker's USS (private memory), read with psutil
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import os
@@ -257,3 +258,48 @@ def test_forkserver_workers_come_from_the_zygote_and_stay_small(forkserver, clea
     print("forkserver workers:", ", ".join(f"{s / MB:.1f} MB" for s in sizes))
     # 3.3.2 with forkserver: each worker imports Airflow on its own (101 MB measured here; 8 MB from the zygote).
     assert max(sizes) < 14 * MB, f"forkserver worker USS {[round(s / MB, 1) for s in sizes]} MB"
+
+
+def test_nothing_the_executor_forked_outlives_a_killed_scheduler(cleanup):
+    """
+    A scheduler killed with SIGKILL (the OOM killer) leaves no zygote and no idle worker behind.
+
+    An orphaned zygote would run for good, and with fork it also holds the scheduler's inherited sockets: a
+    PostgreSQL connection whose open transaction keeps its row locks (a dag_run no other scheduler can examine
+    again; seen in the fault suite's mixed run). Unpatched 3.3.2's idle workers wait on a queue whose ends they
+    hold themselves, so they outlive the scheduler as well.
+    """
+    read_fd, write_fd = os.pipe()
+    scheduler = os.fork()
+    if scheduler == 0:  # the "scheduler": start the executor, report what it forked, wait to be killed
+        try:
+            os.close(read_fd)
+            ex = LocalExecutor(parallelism=2)
+            ex.start()
+            wait_for(lambda: len(psutil.Process().children(recursive=True)) >= 2, step=ex.sync)
+            pids = [proc.pid for proc in psutil.Process().children(recursive=True)]
+            os.write(write_fd, (" ".join(map(str, pids)) + "\n").encode())
+            time.sleep(3600)
+        finally:
+            os._exit(1)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as reports:
+        forked = [psutil.Process(int(pid)) for pid in reports.readline().split()]
+    try:
+        assert forked, "the scheduler process reported nothing it forked (starting the executor failed)"
+        os.kill(scheduler, signal.SIGKILL)
+        os.waitpid(scheduler, 0)
+        assert wait_for(lambda: all(map(_gone, forked)), timeout=60, interval=0.5), "outlived the killed " + (
+            "scheduler: " + ", ".join(f"{p.pid} {p.cmdline()[:1]}" for p in forked if not _gone(p))
+        )
+    finally:
+        for proc in forked:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:  # an exited orphan waits for init, its new parent, to reap it: it runs nothing and holds nothing
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
