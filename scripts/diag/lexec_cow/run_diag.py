@@ -18,6 +18,16 @@ par = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 method = sys.argv[4] if len(sys.argv) > 4 else "fork"
 aging.SITECUSTOMIZE = aging.SITECUSTOMIZE + "\n" + (Path(__file__).parent / "ldiag_site.py").read_text()
 diag = Path(tempfile.mkdtemp(prefix="ldiag-"))
+
+def print_pages(stats: dict) -> None:
+    """One line per mapping with >= 128 KiB copied or new (shared/copied/new MiB; 4 KiB pages), then the total."""
+    tot = [0, 0, 0]
+    for lab, v in sorted(stats.items(), key=lambda kv: -(kv[1][1] + kv[1][2])):
+        tot = [a + b for a, b in zip(tot, v)]
+        if v[1] + v[2] >= 32:
+            print(f"  {lab[:60]:60s} {v[0]/256:7.1f} {v[1]/256:7.1f} {v[2]/256:7.1f}")
+    print(f"  {'TOTAL':60s} {tot[0]/256:7.1f} {tot[1]/256:7.1f} {tot[2]/256:7.1f}")
+
 def classify(component, proc, title, parent_role):
     if title.startswith("airflow zygote"):
         return "zygote"
@@ -53,12 +63,7 @@ with Stack(cfg, classify=classify, log=print) as st:
         except Exception as e:
             print("cmp failed", e); continue
         print(f"== worker {w} vs {'zygote' if zyg else 'scheduler'} {ref}: shared/copied/new MiB")
-        tot = [0, 0, 0]
-        for lab, v in sorted(st_.items(), key=lambda kv: -(kv[1][1] + kv[1][2])):
-            tot = [a + b for a, b in zip(tot, v)]
-            if v[1] + v[2] >= 32:
-                print(f"  {lab[:60]:60s} {v[0]/256:7.1f} {v[1]/256:7.1f} {v[2]/256:7.1f}")
-        print(f"  {'TOTAL':60s} {tot[0]/256:7.1f} {tot[1]/256:7.1f} {tot[2]/256:7.1f}")
+        print_pages(st_)
     for w in workers[:1]:
         print(f"== worddiff worker {w} vs {ref}")
         worddiff.main(w, ref)
@@ -67,12 +72,7 @@ with Stack(cfg, classify=classify, log=print) as st:
         worddiff.main(zyg[0], sched[0])
         st_ = pagecmp.compare(zyg[0], sched[0])
         print(f"== zygote {zyg[0]} vs scheduler {sched[0]}")
-        tot = [0, 0, 0]
-        for lab, v in sorted(st_.items(), key=lambda kv: -(kv[1][1] + kv[1][2])):
-            tot = [a + b for a, b in zip(tot, v)]
-            if v[1] + v[2] >= 32:
-                print(f"  {lab[:60]:60s} {v[0]/256:7.1f} {v[1]/256:7.1f} {v[2]/256:7.1f}")
-        print(f"  {'TOTAL':60s} {tot[0]/256:7.1f} {tot[1]/256:7.1f} {tot[2]/256:7.1f}")
+        print_pages(st_)
     # modules
     def mods(path):
         lines = path.read_text().splitlines()
