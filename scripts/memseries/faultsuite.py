@@ -820,8 +820,8 @@ def all_run_ids(st: Stack, dag_ids: tuple[str, ...]) -> list[str]:
     return [r[0] for r in st.query(f"SELECT run_id FROM dag_run WHERE dag_id IN ({marks})", dag_ids)]
 
 
-def _supervise(sup: Supervisor | None, out: Outcome) -> bool:
-    """Restart what exited (noted in `out`); False on a crash loop (noted as FAIL): the run cannot go on."""
+def _supervise(sup: Supervisor | None) -> bool:
+    """Restart what exited (the Supervisor notes it in its Outcome); False on a crash loop: the run cannot go on."""
     if sup is None:
         return True
     try:
@@ -855,7 +855,7 @@ def two_schedulers(st: Stack, build: str, duration: float, progress: Callable[[f
         progress((time.monotonic() - t0) / duration)
         if sup is None:
             st.check_alive()
-        elif not _supervise(sup, out):
+        elif not _supervise(sup):
             break
         time.sleep(20)
         version += 1
@@ -866,7 +866,7 @@ def two_schedulers(st: Stack, build: str, duration: float, progress: Callable[[f
                 sub.append(fault(st, build))
             except StackError as e:  # a wait of the fault timed out or a component died meanwhile: noted, go on
                 sub.append(Outcome(name, build, notes=[f"FAIL: {str(e).splitlines()[0]}"]))
-            if not _supervise(sup, out):
+            if not _supervise(sup):
                 break
             sup = Supervisor(st, out)
             next_fault = time.monotonic() + fault_every
