@@ -214,3 +214,21 @@ def test_the_worker_running_a_ti_names_its_scheduler():
     assert fs.worker_info(workers, ti).component == "scheduler-2"
     assert fs.worker_info(workers, ti.replace("-", "")).pid == 11
     assert fs.worker_info(workers[:1], ti) is None
+
+
+def test_a_stale_transaction_names_the_processes_holding_its_connection():
+    # the real case: a killed scheduler's connection, idle in transaction, kept open by its orphaned workers
+    import os
+    import socket
+    from types import SimpleNamespace
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        try:
+            port = client.getsockname()[1]
+            st = SimpleNamespace(query=lambda sql, params=(): [(port, 812.4, "SELECT slot_pool.id FROM slot_pool")])
+            [note] = fs.stale_transactions(st)
+        finally:
+            client.close()
+    assert note.startswith("DB connection idle in transaction for 812 s (last query 'SELECT slot_pool.id")
+    assert f"held by {os.getpid()} " in note and f"(parent {os.getppid()})" in note

@@ -411,7 +411,41 @@ def assess(st: Stack, outcome: Outcome, run_ids: list[str], deadlocks_before: in
     outcome.queued_too_long = len(q)
     outcome.notes += q
     outcome.deadlocks = max(0, deadlock_lines(st) - deadlocks_before)
+    if outcome.lost and st.cfg.backend == "postgres":
+        outcome.notes += stale_transactions(st)
     return outcome
+
+
+#: a transaction idle this long is nobody's work in progress (the scheduler commits every loop)
+STALE_TRANSACTION_S = 60.0
+
+
+def stale_transactions(st: Stack) -> list[str]:
+    """Why runs may stop moving: DB transactions left open, and which processes still hold their connection.
+
+    A SIGKILLed scheduler's transaction ends only when the last process holding its connection's socket goes.
+    Processes it forked (LocalExecutor workers on unpatched 3.3.2) inherit that socket and can outlive it; its
+    row locks (slot_pool's, taken FOR UPDATE NOWAIT in the critical section) then stay held and no scheduler
+    queues a task again. Noted, not judged: lost TIs already fail the scenario.
+    """
+    rows = st.query(
+        "SELECT client_port, extract(epoch FROM now() - state_change), left(query, 60) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND state = 'idle in transaction' AND now() - state_change > "
+        f"interval '{STALE_TRANSACTION_S:g} seconds'"
+    )
+    return [f"DB connection idle in transaction for {age:.0f} s (last query {query!r}), held by "
+            f"{', '.join(holders_of_port(port)) or 'no process found'}" for port, age, query in rows]
+
+
+def holders_of_port(port: int) -> list[str]:
+    """The processes holding the local end (TCP port `port`) of a connection: 'pid title (parent ppid)'."""
+    pids = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.pid}
+    out = []
+    for pid in sorted(pids):
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            out.append(f"{pid} {' '.join(p.cmdline())[:60]!r} (parent {p.ppid()})")
+    return out
 
 
 def _recover(st: Stack, outcome: Outcome, run_ids: list[str], fault_at: float, timeout: float) -> None:
