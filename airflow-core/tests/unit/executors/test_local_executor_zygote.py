@@ -298,6 +298,53 @@ def test_nothing_the_executor_forked_outlives_a_killed_scheduler(cleanup):
                 proc.kill()
 
 
+def test_no_process_the_executor_forks_holds_the_schedulers_connections(cleanup):
+    """
+    Neither the zygote nor a worker holds a connection the scheduler had open when it started the executor.
+
+    Held, the scheduler's metadata-DB connection outlives a killed scheduler for as long as any of them runs: its
+    open transaction keeps its row locks, among them slot_pool's, which every scheduler's critical section takes
+    with NOWAIT -- no scheduler queues a task again (seen on unpatched 3.3.2 in the fault suite's mixed run: two
+    idle workers orphaned under PID 1 kept a killed scheduler's connection idle in transaction for the rest of
+    the run). A TCP connection to a socket of this test stands for that connection.
+    """
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        read_fd, write_fd = os.pipe()
+        scheduler = os.fork()
+        if scheduler == 0:  # the "scheduler": a connection open, then the executor started
+            try:
+                os.close(read_fd)
+                conn = socket.create_connection(server.getsockname())
+                ex = LocalExecutor(parallelism=2)
+                ex.start()
+                wait_for(lambda: len(psutil.Process().children(recursive=True)) >= 2, step=ex.sync)
+                pids = [proc.pid for proc in psutil.Process().children(recursive=True)]
+                os.write(write_fd, (" ".join(map(str, [conn.getsockname()[1], *pids])) + "\n").encode())
+                time.sleep(3600)
+            finally:
+                os._exit(1)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as reports:
+            port, *pids = map(int, reports.readline().split() or [0])
+        forked = [psutil.Process(pid) for pid in pids]
+        try:
+            assert forked, "the scheduler process reported nothing it forked (starting the executor failed)"
+            holders = [
+                f"{p.pid} {p.cmdline()[:1]}"
+                for p in forked
+                if any(c.laddr and c.laddr.port == port for c in p.net_connections("tcp"))
+            ]
+            assert not holders, f"hold the scheduler's connection: {', '.join(holders)}"
+        finally:
+            os.kill(scheduler, signal.SIGKILL)
+            os.waitpid(scheduler, 0)
+            for proc in forked:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+
+
 def _gone(proc: psutil.Process) -> bool:
     try:  # an exited orphan waits for init, its new parent, to reap it: it runs nothing and holds nothing
         return proc.status() == psutil.STATUS_ZOMBIE
