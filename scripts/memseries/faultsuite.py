@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 
 from memseries.stack import Component, Stack, StackConfig, StackError
-from memseries.stack.procs import WORKER_TITLE, tail
+from memseries.stack.procs import WORKER_TITLE, tail, title
 
 FAULT_DAGS = Path(__file__).resolve().parent / "faultdags"
 FAULT_DAG = "memseries_faults"
@@ -444,7 +444,7 @@ def holders_of_port(port: int) -> list[str]:
     for pid in sorted(pids):
         with contextlib.suppress(psutil.Error):
             p = psutil.Process(pid)
-            out.append(f"{pid} {' '.join(p.cmdline())[:60]!r} (parent {p.ppid()})")
+            out.append(f"{pid} {title(p)[:60]!r} (parent {p.ppid()})")
     return out
 
 
