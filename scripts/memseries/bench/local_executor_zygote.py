@@ -12,6 +12,8 @@ tasks until the end. Measured over the last --measure seconds:
 - zygote USS (patched only; its own cost);
 - scheduler-tree PSS: scheduler + zygote + forkserver + workers + task processes, mean over sample rounds;
 - tasks/min (successful task runs in the window) and p50 task start latency (start_date - queued_dttm);
+- p50 wait from scheduled to start (start_date - scheduled_dttm): the whole wait once the scheduler found the
+  TI runnable, wherever it waited (SCHEDULED in the DB, or QUEUED in the executor's backlog);
 - TIs queued (mean over the window): the backlog. LocalExecutor takes up to `parallelism` workloads per
   scheduler loop whatever its workers are doing, so with a steady backlog the latency is about the backlog
   divided by the throughput (Little's law): a build whose scheduler loops faster queues more and shows a
@@ -174,14 +176,17 @@ def run_one(build: common.Build, method: str, parallelism: int, pyc: bool, args,
             sampler.stop()
             samples = sampler.snapshot()
             t_lo = measure_from - st.t0
-            rows = st.query("SELECT queued_dttm, start_date FROM task_instance WHERE start_date IS NOT NULL "
-                            "AND queued_dttm IS NOT NULL AND dag_id != 'memseries_lexec_busy'")
+            rows = st.query("SELECT queued_dttm, start_date, scheduled_dttm FROM task_instance "
+                            "WHERE start_date IS NOT NULL AND queued_dttm IS NOT NULL "
+                            "AND dag_id != 'memseries_lexec_busy'")
             t_lo_wall = st.started_wall + (measure_from - st.t0)
-    latencies = []
-    for queued, started in rows:
-        q, s = _dt(queued), _dt(started)
+    latencies, waits = [], []
+    for queued, started, scheduled in rows:
+        q, s, sch = _dt(queued), _dt(started), _dt(scheduled)
         if q and s and s.timestamp() >= t_lo_wall:
             latencies.append((s - q).total_seconds())
+            if sch:
+                waits.append((s - sch).total_seconds())
     window = [s for s in samples if s.t >= t_lo]
     late = [s for s in samples if s.t >= samples[-1].t - max(args.interval * 3, 10)] if samples else []
 
@@ -214,6 +219,7 @@ def run_one(build: common.Build, method: str, parallelism: int, pyc: bool, args,
         "tree_pss": statistics.mean(rounds.values()) if rounds else None,
         "tasks_per_min": (counts_after - (counts_before or 0)) * 60.0 / args.measure,
         "p50_latency": statistics.median(latencies) if latencies else None,
+        "p50_wait": statistics.median(waits) if waits else None,
         "mean_queued": statistics.mean(queued_counts) if queued_counts else None,
         "killed": killed,
         "series": [(s.t, s.pid, s.role, s.uss, s.pss) for s in samples],
@@ -232,14 +238,15 @@ def _ratio(a, b) -> str:
 
 def render(results: list[dict], out: Path) -> str:
     headers = ["config", "build", "steady worker USS MiB", "replacement USS MiB", "zygote USS MiB",
-               "scheduler-tree PSS MiB", "tasks/min", "p50 start latency s", "TIs queued (mean)"]
+               "scheduler-tree PSS MiB", "tasks/min", "p50 start latency s", "p50 scheduled->start s",
+               "TIs queued (mean)"]
     rows, ratio_rows = [], []
     key = lambda r: (r["method"], r["parallelism"], r["pyc"])  # noqa: E731
     for r in results:
         cfg = f"{r['method']} p{r['parallelism']}{' .pyc' if r['pyc'] else ''}"
         rows.append([cfg, r["build"], _fmt(r["steady_uss"], "mib"), _fmt(r["replacement_uss"], "mib"),
                      _fmt(r["zygote_uss"], "mib"), _fmt(r["tree_pss"], "mib"), _fmt(r["tasks_per_min"]),
-                     _fmt(r["p50_latency"], "s"), _fmt(r.get("mean_queued"))])
+                     _fmt(r["p50_latency"], "s"), _fmt(r.get("p50_wait"), "s"), _fmt(r.get("mean_queued"))])
     base_fork = {(r["parallelism"], r["pyc"]): r for r in results if not r["patched"] and r["method"] == "fork"}
     for r in results:
         if not r["patched"]:
@@ -253,9 +260,10 @@ def render(results: list[dict], out: Path) -> str:
             _ratio(r["steady_uss"], base["steady_uss"]), _ratio(r["replacement_uss"], base["replacement_uss"]),
             _ratio(r["tree_pss"], base["tree_pss"]), _ratio(r["tree_pss"], bf["tree_pss"]) if bf else "-",
             _ratio(r["tasks_per_min"], base["tasks_per_min"]), _ratio(r["p50_latency"], base["p50_latency"]),
+            _ratio(r.get("p50_wait"), base.get("p50_wait")),
         ])
     ratio_headers = ["config", "steady USS", "replacement USS", "tree PSS", "tree PSS vs base fork",
-                     "tasks/min", "p50 latency"]
+                     "tasks/min", "p50 latency", "p50 scheduled->start"]
     common.print_table("LocalExecutor workers: patched (zygote) vs unpatched", headers, rows)
     common.print_table("patched / unpatched", ratio_headers, ratio_rows)
     md = (common.markdown_table("LocalExecutor workers: patched (zygote) vs unpatched", headers, rows) + "\n"
