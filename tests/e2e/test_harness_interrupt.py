@@ -51,6 +51,10 @@ STOP_WITHIN = 10.0  # seconds from the signal until no process of the stack is l
 KILL_WITHIN = 4.0  # seconds from a second Ctrl-C until no process is left
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     ("sig", "twice"),
     [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
@@ -65,6 +69,9 @@ def test_interrupting_the_orchestrator_leaves_no_process(e2e_venv, tmp_path, sig
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As from a terminal: SIGINT at its default, even when this test runs as a background job (a shell
+        # starts those with SIGINT ignored, the orchestrator would inherit that and rightly not react to it).
+        preexec_fn=_sigint_default,
     )
     info = None
     try:
