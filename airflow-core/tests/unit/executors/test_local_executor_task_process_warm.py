@@ -12,6 +12,7 @@ two `TypeAdapter(ToTask)`s and imports those modules itself, onto pages it copie
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -39,11 +40,9 @@ EXPECTED_INHERITED = [
     "airflow.sdk.bases.decorator",
 ]
 try:
-    import importlib.util
-
     if importlib.util.find_spec("airflow.providers.standard.operators.python") is not None:
         EXPECTED_INHERITED.append("airflow.providers.standard.operators.python")
-except ImportError:
+except ModuleNotFoundError:  # no airflow.providers.standard at all
     pass
 
 

@@ -54,12 +54,10 @@ def test_decoders_built_after_the_first_build_no_adapter(built, sock):
     assert built == [], f"each decoder built its own adapters: {len(built)} TypeAdapter(s) for 3 decoders"
 
 
-def test_the_shared_adapter_decodes_what_a_task_process_receives(built, sock):
-    from airflow.sdk.execution_time.comms import ErrorResponse
-
+def test_the_shared_adapter_decodes_what_a_task_process_receives(sock):
     d = new_decoder(sock)
     msg = d.body_decoder.validate_python({"type": "ErrorResponse", "error": "VARIABLE_NOT_FOUND", "detail": {"x": 1}})
-    assert isinstance(msg, ErrorResponse)
+    assert isinstance(msg, comms.ErrorResponse)
     assert msg.detail == {"x": 1}
 
 
